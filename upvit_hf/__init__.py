@@ -1,0 +1,1 @@
+"""upvit-hf: UP-ViTs structured pruning for Hugging Face transformers."""
