@@ -1,1 +1,9 @@
-"""upvit-hf: UP-ViTs structured pruning for Hugging Face transformers."""
+"""upvit-hf: UP-ViTs structured pruning (Yu & Wu) for Hugging Face transformers."""
+
+__version__ = "0.1.0"
+
+from .pruner import UPPruner  # noqa: E402
+from .scores import ImportanceScores  # noqa: E402
+from .targets import PruningTarget  # noqa: E402
+
+__all__ = ["ImportanceScores", "PruningTarget", "UPPruner", "__version__"]

@@ -1,0 +1,177 @@
+"""The adapter contract: everything UP-ViTs needs to know about one model family.
+
+Scorers, surgery and the pruner talk to a model only through a `ModelAdapter`, so adding a family means
+adding one adapter file. An adapter answers three questions:
+
+* where the channels live: for each component, the state-dict tensors (and axes) a channel index selects;
+* how to run the model in pieces: embed → residual branches (two per layer) → readout, so a scorer can
+  cache the input of any branch and run only the suffix;
+* where to tap the activations to mask a channel (writers into the residual stream, LayerNorms, the
+  attention q/k/v outputs, the FFN activations) and which config keys hold the widths.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+Context = dict[str, Any]
+"""Per-batch tensors the pieces share (attention masks, position ids); batch-first."""
+
+Branch = Callable[[torch.Tensor, Context], torch.Tensor]
+"""One residual branch: `hidden -> hidden + f(hidden)` (attention half or FFN half of a block)."""
+
+
+@dataclass(frozen=True)
+class Widths:
+    """The widths UP-ViTs changes, in family-independent names."""
+
+    hidden_size: int
+    num_attention_heads: int
+    head_dim: int
+    intermediate_size: int
+    num_hidden_layers: int
+
+    @property
+    def attention_width(self) -> int:
+        return self.num_attention_heads * self.head_dim
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ParamSlice:
+    """Channel `i` selects entries `offset + i` (for every offset) along `axis` of state-dict tensor `name`.
+
+    Several offsets describe fused layouts, e.g. GPT-2's `c_attn` holds q, k, v at 0, E and 2E.
+    """
+
+    name: str
+    axis: int
+    offsets: tuple[int, ...] = (0,)
+
+    def indices(self, channels: torch.Tensor) -> torch.Tensor:
+        return torch.cat([channels + offset for offset in self.offsets])
+
+
+class ModelAdapter(ABC):
+    """Family knowledge for one kind of model; see the module docstring."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    """`config.model_type` values this adapter reads widths for."""
+    model_classes: ClassVar[tuple[type[PreTrainedModel], ...]] = ()
+    """Model classes this adapter can score and prune."""
+    required_inputs: ClassVar[tuple[str, ...]] = ()
+    optional_inputs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
+        self._param_names: dict[int, list[str]] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            self._param_names.setdefault(id(param), []).append(name)
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    @abstractmethod
+    def read_widths(cls, config: PretrainedConfig) -> Widths:
+        """The current widths, read from the family's config keys."""
+
+    @classmethod
+    @abstractmethod
+    def write_widths(cls, config: PretrainedConfig, widths: Widths) -> None:
+        """Set the family's config keys (in place) so a stock model of `widths` is built from it."""
+
+    @property
+    def widths(self) -> Widths:
+        return self.read_widths(self.model.config)
+
+    def check_widths(self, widths: Widths) -> None:
+        """Raise ValueError for widths this family's stock architecture cannot express."""
+
+    def query_scale(self, old_head_dim: int, new_head_dim: int) -> float:
+        """Factor folded into the query rows so `q·k / sqrt(head_dim)` keeps its value when head_dim changes."""
+        return math.sqrt(new_head_dim / old_head_dim)
+
+    def pruned_config(self, widths: Widths) -> PretrainedConfig:
+        config = copy.deepcopy(self.model.config)
+        self.write_widths(config, widths)
+        return config
+
+    def build(self, config: PretrainedConfig) -> PreTrainedModel:
+        """A fresh stock model of the same class for `config` (weights are loaded by the caller)."""
+        return type(self.model)(config)
+
+    # ------------------------------------------------------------------ where channels live
+    def names(self, param: torch.Tensor) -> list[str]:
+        """Every state-dict key of `param` (tied parameters have several)."""
+        return self._param_names[id(param)]
+
+    def slices(self, params: list[torch.Tensor | None], axis: int, offsets: tuple[int, ...] = (0,)) -> list[ParamSlice]:
+        """ParamSlices for every state-dict key of each given parameter (None entries are skipped)."""
+        return [ParamSlice(name, axis, offsets) for p in params if p is not None for name in self.names(p)]
+
+    @abstractmethod
+    def residual_slices(self) -> list[ParamSlice]:
+        """Component 1: every tensor that a residual (hidden) channel touches."""
+
+    @abstractmethod
+    def attention_slices(self, layer: int) -> list[ParamSlice]:
+        """Component 2 of `layer`: rows of q/k/v (and biases), columns of the output projection."""
+
+    @abstractmethod
+    def query_slices(self, layer: int) -> list[ParamSlice]:
+        """The query-side tensors of `layer` that the attention scale multiplies (for folding)."""
+
+    @abstractmethod
+    def ffn_slices(self, layer: int) -> list[ParamSlice]:
+        """Component 3 of `layer`: rows of the first FFN projection (and bias), columns of the second."""
+
+    # ------------------------------------------------------------------ running in pieces
+    def check_scorable(self) -> None:
+        """ValueError when the model has no output distribution to score against (headless backbones)."""
+
+    @abstractmethod
+    def embed(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Context]:
+        """The residual stream entering the first block, and the context the branches need."""
+
+    @abstractmethod
+    def branches(self) -> list[Branch]:
+        """The 2·L residual branches in order: attention of layer 0, FFN of layer 0, attention of layer 1, …"""
+
+    @abstractmethod
+    def readout(self, hidden: torch.Tensor, context: Context) -> torch.Tensor:
+        """Logits of the scored output distribution (final norm and head)."""
+
+    def token_weights(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """Per-position weights of the KL sum ([batch, seq]); None when each sample has one output."""
+        return None
+
+    def repeat_context(self, context: Context, times: int) -> Context:
+        """The context for `times` stacked copies of the batch (variants are stacked along the batch)."""
+        return {k: v.repeat(times, *([1] * (v.dim() - 1))) if torch.is_tensor(v) else v for k, v in context.items()}
+
+    # ------------------------------------------------------------------ masking taps
+    @abstractmethod
+    def residual_writers(self) -> list[nn.Module]:
+        """Modules whose output is added into the residual stream (masking their output zeroes a channel)."""
+
+    @abstractmethod
+    def residual_norms(self) -> list[nn.LayerNorm]:
+        """Every LayerNorm over the residual width (masked ones normalize over the kept channels only)."""
+
+    @abstractmethod
+    def attention_taps(self, layer: int) -> list[nn.Module]:
+        """Modules whose outputs carry attention dims (fused outputs are masked with a tiled mask)."""
+
+    @abstractmethod
+    def ffn_tap(self, layer: int) -> nn.Module:
+        """The module whose *input* is the FFN activation (the second FFN projection)."""

@@ -1,0 +1,84 @@
+"""Channel importance scores: the expensive product of scoring, kept so pruning can be re-run cheaply."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .adapters import Widths
+from .atomic import atomic_path
+
+
+@dataclass
+class ImportanceScores:
+    """Scores of the three UP-ViTs components; larger means more important.
+
+    `attention[l][i]` scores output dim i of layer l's q/k/v projections; `meta` records how the scores
+    were made (method, proxy size, model) and travels with the file.
+    """
+
+    residual: torch.Tensor
+    attention: list[torch.Tensor]
+    ffn: list[torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.attention) != len(self.ffn):
+            raise ValueError(
+                f"attention and ffn scores must cover the same layers, got {len(self.attention)} and {len(self.ffn)}"
+            )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.ffn)
+
+    def check_matches(self, widths: Widths) -> None:
+        """ValueError unless these scores have the shapes of a model with `widths`."""
+        problems = []
+        if tuple(self.residual.shape) != (widths.hidden_size,):
+            problems.append(f"residual scores have shape {tuple(self.residual.shape)}, expected ({widths.hidden_size},)")
+        if self.num_layers != widths.num_hidden_layers:
+            problems.append(f"they cover {self.num_layers} layers, the model has {widths.num_hidden_layers}")
+        for name, per_layer, width in (
+            ("attention", self.attention, widths.attention_width),
+            ("ffn", self.ffn, widths.intermediate_size),
+        ):
+            bad = [layer for layer, s in enumerate(per_layer) if tuple(s.shape) != (width,)]
+            if bad:
+                shape = tuple(per_layer[bad[0]].shape)
+                problems.append(f"{name} scores of layer {bad[0]} have shape {shape}, expected ({width},)")
+        if problems:
+            raise ValueError("scores do not match the model: " + "; ".join(problems))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save as safetensors (atomically), with `meta` as JSON in the file's metadata."""
+        tensors = {"residual": self.residual.detach().cpu().contiguous()}
+        for name, per_layer in (("attention", self.attention), ("ffn", self.ffn)):
+            for layer, tensor in enumerate(per_layer):
+                tensors[f"{name}.{layer}"] = tensor.detach().cpu().contiguous()
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"upvit_meta": json.dumps(self.meta)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ImportanceScores:
+        if not os.path.isfile(path):
+            raise ValueError(f"scores file {str(path)!r} does not exist")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("upvit_meta", "{}"))
+        tensors = load_file(str(path))
+        if "residual" not in tensors:
+            raise ValueError(f"{str(path)!r} is not an upvit scores file (no 'residual' tensor)")
+        num_layers = sum(1 for key in tensors if key.startswith("ffn."))
+        return cls(
+            residual=tensors["residual"],
+            attention=[tensors[f"attention.{i}"] for i in range(num_layers)],
+            ffn=[tensors[f"ffn.{i}"] for i in range(num_layers)],
+            meta=meta,
+        )

@@ -1,0 +1,81 @@
+"""Channel masks applied through forward hooks, one mask row per stacked sample.
+
+Removing a residual channel is not zeroing it: every LayerNorm then normalizes over the remaining
+channels. Zeroing the channel at every writer into the residual stream and replacing each LayerNorm by a
+masked one (statistics over the kept channels, zero output at removed ones) reproduces physical removal
+exactly, so many removals can be evaluated in one batched forward pass without building models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import torch
+from torch import nn
+
+from ..adapters import ModelAdapter
+
+
+def broadcast(mask: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    """`mask` [rows, w] shaped to multiply `activation` [rows, ..., k·w] (fused outputs get the mask tiled)."""
+    tiles = activation.shape[-1] // mask.shape[-1]
+    mask = mask.repeat(1, tiles) if tiles > 1 else mask
+    return mask.view(mask.shape[0], *([1] * (activation.dim() - 2)), mask.shape[-1]).to(activation.dtype)
+
+
+def masked_layer_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """LayerNorm over the channels where `mask` is 1; zero where it is 0 (= the norm of a thinner model)."""
+    m = broadcast(mask, x)
+    count = m.sum(-1, keepdim=True)
+    mean = (x * m).sum(-1, keepdim=True) / count
+    centered = (x - mean) * m
+    var = (centered * centered).sum(-1, keepdim=True) / count
+    y = centered * torch.rsqrt(var + norm.eps)
+    if norm.weight is not None:
+        y = y * norm.weight
+    if norm.bias is not None:
+        y = y + norm.bias
+    return y * m
+
+
+def _mask_output(mask: torch.Tensor):
+    return lambda module, args, output: output * broadcast(mask, output)
+
+
+def _mask_input(mask: torch.Tensor):
+    return lambda module, args: (args[0] * broadcast(mask, args[0]), *args[1:])
+
+
+def _masked_norm(mask: torch.Tensor):
+    return lambda module, args, output: masked_layer_norm(args[0], mask, module)
+
+
+@contextmanager
+def residual_masked(adapter: ModelAdapter, mask: torch.Tensor) -> Iterator[None]:
+    """Within the block, residual channels where `mask` [rows, hidden] is 0 are removed.
+
+    The caller zeroes them in the embedding output (the stream's first writer) itself.
+    """
+    with ExitStack() as stack:
+        for module in adapter.residual_writers():
+            stack.enter_context(module.register_forward_hook(_mask_output(mask)))
+        for norm in adapter.residual_norms():
+            stack.enter_context(norm.register_forward_hook(_masked_norm(mask)))
+        yield
+
+
+@contextmanager
+def attention_masked(adapter: ModelAdapter, layer: int, mask: torch.Tensor) -> Iterator[None]:
+    """Within the block, attention dims of `layer` where `mask` [rows, heads·head_dim] is 0 are removed."""
+    with ExitStack() as stack:
+        for module in adapter.attention_taps(layer):
+            stack.enter_context(module.register_forward_hook(_mask_output(mask)))
+        yield
+
+
+@contextmanager
+def ffn_masked(adapter: ModelAdapter, layer: int, mask: torch.Tensor) -> Iterator[None]:
+    """Within the block, FFN channels of `layer` where `mask` [rows, intermediate] is 0 are removed."""
+    with adapter.ffn_tap(layer).register_forward_pre_hook(_mask_input(mask)):
+        yield
