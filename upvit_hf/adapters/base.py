@@ -70,6 +70,8 @@ class ModelAdapter(ABC):
     """`config.model_type` values this adapter reads widths for."""
     model_classes: ClassVar[tuple[type[PreTrainedModel], ...]] = ()
     """Model classes this adapter can score and prune."""
+    half_block_prefixes: ClassVar[tuple[tuple[str, ...], tuple[str, ...]]] = ((), ())
+    """State-dict key prefixes, relative to a block, of its attention half and of its FFN half."""
     required_inputs: ClassVar[tuple[str, ...]] = ()
     optional_inputs: ClassVar[tuple[str, ...]] = ()
 
@@ -134,6 +136,21 @@ class ModelAdapter(ABC):
     @abstractmethod
     def ffn_slices(self, layer: int) -> list[ParamSlice]:
         """Component 3 of `layer`: rows of the first FFN projection (and bias), columns of the second."""
+
+    # ------------------------------------------------------------------ depth
+    @abstractmethod
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks, in order."""
+
+    def block_prefix(self, layer: int) -> str:
+        """The state-dict key prefix of block `layer`, e.g. `vit.layers.3.`."""
+        block = self.blocks()[layer]
+        return next(f"{name}." for name, module in self.model.named_modules() if module is block)
+
+    def layer_index_scale(self, old_index: int, new_index: int) -> float:
+        """Factor folded into the query rows when a block moves from `old_index` to `new_index`
+        (for families whose attention scale depends on the layer index)."""
+        return 1.0
 
     # ------------------------------------------------------------------ running in pieces
     def check_scorable(self) -> None:

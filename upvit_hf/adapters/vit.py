@@ -29,6 +29,7 @@ class ViTAdapter(ModelAdapter):
         DeiTModel,
     )
     required_inputs = ("pixel_values",)
+    half_block_prefixes = (("layernorm_before.", "attention."), ("layernorm_after.", "mlp."))
 
     def __init__(self, model):
         super().__init__(model)
@@ -88,6 +89,9 @@ class ViTAdapter(ModelAdapter):
     def ffn_slices(self, layer: int) -> list[ParamSlice]:
         mlp = self.layers[layer].mlp
         return self.slices([mlp.fc1.weight, mlp.fc1.bias], axis=0) + self.slices([mlp.fc2.weight], axis=1)
+
+    def blocks(self) -> nn.ModuleList:
+        return self.layers
 
     # ------------------------------------------------------------------ running in pieces
     def check_scorable(self) -> None:
