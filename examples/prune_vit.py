@@ -1,0 +1,81 @@
+"""UP-ViTs: score a ViT/DeiT image classifier on a proxy set and save a thinner stock model.
+
+    python examples/prune_vit.py --model facebook/deit-base-patch16-224 --dataset imagenet-1k \\
+        --proxy-size 2000 --hidden-size 384 --num-heads 6 --intermediate-size 1536 --output up-deit-s
+
+`--model` and `--dataset` also take local paths (a `save_pretrained` folder; a `save_to_disk` folder or an
+imagefolder tree), so it runs offline. The pruned model loads with plain `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+
+from upvit_hf import ImportanceScores, PruningTarget, UPPruner
+from upvit_hf.atomic import atomic_path
+from upvit_hf.evaluation.data import load_image_dataset
+from upvit_hf.proxy import image_proxy
+
+
+@dataclass
+class PruneArguments:
+    model: str = field(metadata={"help": "hub id or local folder of a ViT/DeiT image classifier"})
+    output: str = field(metadata={"help": "folder for the pruned model (written atomically)"})
+    dataset: str = field(default="imagenet-1k", metadata={"help": "datasets name, save_to_disk folder or imagefolder"})
+    split: str = field(default="train", metadata={"help": "split the proxy set is sampled from"})
+    image_column: str = field(default="image")
+    proxy_size: int = field(default=2000, metadata={"help": "random training images to score on (paper: 2000)"})
+    seed: int = field(default=0)
+    batch_size: int = field(default=64)
+    variants_per_pass: int = field(default=16, metadata={"help": "channel removals per forward pass (memory)"})
+    hidden_size: int | None = field(default=None)
+    num_heads: int | None = field(default=None)
+    intermediate_size: int | None = field(default=None)
+    head_dim: int | None = field(default=None)
+    ratio: float | None = field(default=None, metadata={"help": "keep this fraction of every component instead"})
+    scores: str | None = field(default=None, metadata={"help": "reuse a saved scores file instead of scoring"})
+    save_scores: str | None = field(default=None, metadata={"help": "also save the computed scores here"})
+
+
+def target_of(args: PruneArguments, config) -> PruningTarget:
+    widths = (args.hidden_size, args.num_heads, args.intermediate_size)
+    if args.ratio is not None:
+        if any(w is not None for w in widths):
+            raise ValueError("give either --ratio or explicit widths, not both")
+        return PruningTarget.from_ratio(config, args.ratio)
+    if any(w is None for w in widths):
+        raise ValueError("give --hidden-size, --num-heads and --intermediate-size (or --ratio)")
+    return PruningTarget(*widths, head_dim=args.head_dim)
+
+
+def main(argv: list[str] | None = None) -> None:
+    (args,) = HfArgumentParser(PruneArguments).parse_args_into_dataclasses(argv)
+    model = AutoModelForImageClassification.from_pretrained(args.model)
+    processor = AutoImageProcessor.from_pretrained(args.model)
+    target = target_of(args, model.config)
+    pruner = UPPruner(model)
+    if args.scores:
+        scores = ImportanceScores.load(args.scores)
+    else:
+        dataset = load_image_dataset(args.dataset, args.split)
+        proxy = image_proxy(dataset, processor, size=args.proxy_size, seed=args.seed, batch_size=args.batch_size,
+                            image_column=args.image_column)
+        scores = pruner.score(proxy, variants_per_pass=args.variants_per_pass)
+        if args.save_scores:
+            scores.save(args.save_scores)
+    small = pruner.prune(target, scores)
+    with atomic_path(args.output, directory=True) as tmp:
+        small.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    print(f"saved {type(small).__name__} to {args.output}: {params(model):,} -> {params(small):,} parameters")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,53 @@
+"""Evaluation of (pruned) models: accuracy, perplexity, throughput, parameter and FLOP counts."""
+
+from .accuracy import evaluate_accuracy, resolve_image_processor
+from .complexity import count_flops, count_parameters, describe_inputs, dummy_inputs, max_positions, model_stats
+from .data import (
+    DEFAULT_IMAGE_DATASET,
+    DEFAULT_TEXT_CONFIG,
+    DEFAULT_TEXT_DATASET,
+    check_columns,
+    load_image_dataset,
+    load_text,
+)
+from .metrics import Perplexity, TopKAccuracy
+from .perplexity import (
+    PerplexityResult,
+    Window,
+    accepts_mems,
+    evaluate_perplexity,
+    mems_perplexity,
+    sliding_window_perplexity,
+    sliding_windows,
+)
+from .throughput import ThroughputResult, image_throughput, measure_throughput, token_throughput
+
+__all__ = [
+    "DEFAULT_IMAGE_DATASET",
+    "DEFAULT_TEXT_CONFIG",
+    "DEFAULT_TEXT_DATASET",
+    "Perplexity",
+    "PerplexityResult",
+    "ThroughputResult",
+    "TopKAccuracy",
+    "Window",
+    "accepts_mems",
+    "check_columns",
+    "count_flops",
+    "count_parameters",
+    "describe_inputs",
+    "dummy_inputs",
+    "evaluate_accuracy",
+    "evaluate_perplexity",
+    "image_throughput",
+    "load_image_dataset",
+    "load_text",
+    "max_positions",
+    "measure_throughput",
+    "mems_perplexity",
+    "model_stats",
+    "resolve_image_processor",
+    "sliding_window_perplexity",
+    "sliding_windows",
+    "token_throughput",
+]
