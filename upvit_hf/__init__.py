@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from . import models  # noqa: E402,F401  (registers Transformer-XL with the Auto classes)
 from .pruner import UPPruner  # noqa: E402
 from .scores import ImportanceScores  # noqa: E402
 from .targets import PruningTarget  # noqa: E402
