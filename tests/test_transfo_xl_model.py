@@ -330,3 +330,15 @@ def test_4x_config_keys_and_pruning_constants(loaded):
     ids = torch.tensor([[1, 9, 20, 29]])  # one token per cluster and more
     with torch.no_grad():
         torch.testing.assert_close(doubled.embed(ids), 2 * wide.embed(ids), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("div_val, tie_projs", [(1, [False] * 3), (2, [False] * 3), (2, [True] * 3)])
+def test_fresh_models_initialize_every_projection(div_val, tie_projs):
+    config = TransfoXLConfig(vocab_size=30, cutoffs=[8, 16], d_model=12, d_embed=16, div_val=div_val, n_head=2,
+                             d_head=4, d_inner=20, n_layer=2, tie_projs=tie_projs, proj_init_std=0.01)
+    model = TransfoXLLMHeadModel(config)
+    projections = [*model.transformer.word_emb.emb_projs, *[p for p in model.crit.out_projs if p is not None]]
+    assert projections
+    for proj in projections:
+        assert torch.isfinite(proj).all()
+        assert 0.002 < float(proj.detach().std()) < 0.05  # drawn from N(0, proj_init_std), not left as garbage

@@ -410,16 +410,16 @@ class TransfoXLPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.normal_(module.weight, 1.0, cfg.init_std)
             init.zeros_(module.bias)
-        elif isinstance(module, TransfoXLAdaptiveEmbedding):
-            for proj in module.emb_projs:
-                init.normal_(proj, 0.0, cfg.proj_init_std)
+        elif isinstance(module, nn.ParameterList):
+            # the embedding and softmax projections; initialized through their own list module because
+            # transformers skips `_init_weights` for custom-code modules without direct parameters
+            for proj in module:
+                if proj is not None:
+                    init.normal_(proj, 0.0, cfg.proj_init_std)
         elif isinstance(module, TransfoXLAdaptiveLogSoftmax):
             if module.n_clusters > 0:
                 self._init_matrix(module.cluster_weight)
                 init.zeros_(module.cluster_bias)
-            for proj in module.out_projs:
-                if proj is not None:
-                    init.normal_(proj, 0.0, cfg.proj_init_std)
         elif isinstance(module, (TransfoXLRelativeAttention, TransfoXLModel)):
             if getattr(module, "r_w_bias", None) is not None:
                 self._init_matrix(module.r_w_bias)

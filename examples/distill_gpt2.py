@@ -1,0 +1,156 @@
+"""Fine-tune a pruned causal LM (GPT-2 family) with soft distillation from its unpruned teacher (UP-ViTs, Eq. 2).
+
+Text is tokenized and grouped into fixed-length blocks (the classic `group_texts`); the KL term is taken per
+predicted token, over the same tokens as the cross-entropy. For example:
+
+    python examples/distill_gpt2.py --student ./up-gpt2 --teacher openai-community/gpt2 \\
+        --dataset Salesforce/wikitext --dataset_config wikitext-103-raw-v1 --output_dir up-gpt2-ft \\
+        --block_size 512 --per_device_train_batch_size 8 --num_train_epochs 1 --bf16
+    accelerate launch --num_processes 8 examples/distill_gpt2.py ...   # same arguments
+
+`--dataset` is a `datasets` name, a `save_to_disk` folder or a folder of text files (train.txt,
+validation.txt); `--student`/`--teacher`/`--tokenizer` are hub ids or local folders. Eval reports
+`eval_ce` (so perplexity = exp(eval_ce)) and `eval_kl`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from itertools import chain
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    HfArgumentParser,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+from transformers.utils import logging
+
+from upvit_hf.distillation import DistillationTrainer
+
+logger = logging.get_logger("upvit_hf.examples.distill_gpt2")
+
+
+@dataclass
+class ModelArguments:
+    student: str = field(metadata={"help": "Pruned student: hub id or local folder."})
+    teacher: str = field(metadata={"help": "Unpruned teacher: hub id or local folder."})
+    tokenizer: str | None = field(default=None, metadata={"help": "Default: the teacher's tokenizer."})
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the KL term."})
+    temperature: float = field(default=1.0, metadata={"help": "Distillation temperature (1 = the paper's form)."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(metadata={"help": "`datasets` name, `save_to_disk` folder or folder of text files."})
+    dataset_config: str | None = field(default=None, metadata={"help": "`datasets` configuration name."})
+    text_column: str = "text"
+    train_split: str = "train"
+    eval_split: str = field(default="validation", metadata={"help": "Split off from train when missing."})
+    eval_fraction: float = field(default=0.05, metadata={"help": "Held-out fraction when there is no eval split."})
+    block_size: int | None = field(default=None, metadata={"help": "Default: the model's context length (<= 1024)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training blocks."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluation blocks."})
+    preprocessing_num_workers: int | None = None
+
+
+def load_any(name_or_path: str, config: str | None) -> Dataset | DatasetDict:
+    """A `save_to_disk` folder, any other local folder (text files, inferred), or a hub dataset name."""
+    if os.path.isdir(name_or_path) and any(
+        os.path.exists(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "dataset_info.json", "state.json")
+    ):
+        return load_from_disk(name_or_path)
+    return load_dataset(name_or_path, config)
+
+
+def train_eval_splits(ds: Dataset | DatasetDict, args: DataArguments, seed: int) -> tuple[Dataset, Dataset]:
+    if isinstance(ds, DatasetDict):
+        train = ds[args.train_split]
+        if args.eval_split in ds:
+            return train, ds[args.eval_split]
+    else:
+        train = ds
+    parts = train.train_test_split(test_size=args.eval_fraction, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def group_texts(examples: dict[str, list], block_size: int) -> dict[str, list]:
+    """Concatenate all token lists and cut them into `block_size` blocks (dropping the remainder)."""
+    concatenated = {k: list(chain(*examples[k])) for k in examples}
+    total = (len(concatenated["input_ids"]) // block_size) * block_size
+    blocks = {k: [t[i : i + block_size] for i in range(0, total, block_size)] for k, t in concatenated.items()}
+    blocks["labels"] = [list(b) for b in blocks["input_ids"]]
+    return blocks
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser.set_defaults(eval_strategy="epoch")
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    set_seed(training_args.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer or model_args.teacher)
+    student = AutoModelForCausalLM.from_pretrained(model_args.student)
+    teacher = AutoModelForCausalLM.from_pretrained(model_args.teacher)
+
+    context = getattr(student.config, "n_positions", None) or getattr(student.config, "max_position_embeddings", 1024)
+    block_size = min(data_args.block_size or 1024, context, tokenizer.model_max_length)
+
+    with training_args.main_process_first(desc="tokenizing and grouping"):
+        train_raw, eval_raw = train_eval_splits(
+            load_any(data_args.dataset, data_args.dataset_config), data_args, training_args.seed
+        )
+        blocks = []
+        for raw in (train_raw, eval_raw):
+            tokenized = raw.map(
+                lambda b: tokenizer(b[data_args.text_column]),
+                batched=True,
+                remove_columns=raw.column_names,
+                num_proc=data_args.preprocessing_num_workers,
+                desc="tokenizing",
+            )
+            blocks.append(
+                tokenized.map(
+                    group_texts,
+                    batched=True,
+                    fn_kwargs={"block_size": block_size},
+                    num_proc=data_args.preprocessing_num_workers,
+                    desc=f"grouping into blocks of {block_size}",
+                )
+            )
+    train_ds, eval_ds = blocks
+    if data_args.max_train_samples is not None:
+        train_ds = train_ds.select(range(min(data_args.max_train_samples, len(train_ds))))
+    if data_args.max_eval_samples is not None:
+        eval_ds = eval_ds.select(range(min(data_args.max_eval_samples, len(eval_ds))))
+    if len(train_ds) == 0:
+        raise SystemExit(f"no training block of {block_size} tokens: the training text is too short")
+
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        alpha=model_args.alpha,
+        temperature=model_args.temperature,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,  # fixed-length blocks: no padding needed
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()  # the student only, with the tokenizer
+    metrics = trainer.evaluate()
+    if "eval_ce" in metrics:  # absent when the eval split yields no block
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_ce"], 700.0))
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
