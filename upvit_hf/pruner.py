@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from transformers import PreTrainedModel
 
 from .adapters import adapter_for
+from .depth import remove_unit
 from .record import RECORD_KEY, updated_record
-from .scores import ImportanceScores
+from .scores import BlockScores, ImportanceScores
 from .scoring import METHODS, ExactKLScorer, magnitude_scores, random_scores
+from .scoring.blocks import BlockKLScorer
 from .surgery import StateDict, keep_channels, scale_channels
 from .targets import PruningPlan, PruningTarget
 
@@ -22,6 +24,7 @@ class UPPruner:
     >>> pruner = UPPruner(model)                       # ValueError for unsupported models
     >>> scores = pruner.score(proxy_batches)            # Σ KL over the proxy set, per channel
     >>> small = pruner.prune(PruningTarget.from_ratio(model.config, 0.5), scores)
+    >>> shallow = pruner.prune_blocks(proxy_batches, num_hidden_layers=9)  # progressive block pruning
     """
 
     def __init__(self, model: PreTrainedModel):
@@ -70,7 +73,7 @@ class UPPruner:
         adapter.check_widths(pruned)
         plan = PruningPlan.from_scores(scores, original, pruned)
 
-        state: StateDict = dict(self.model.state_dict())
+        state: StateDict = adapter.surgery_state()
         factor = adapter.query_scale(original.head_dim, pruned.head_dim)
         for layer in range(original.num_hidden_layers):
             if factor != 1.0:
@@ -80,9 +83,83 @@ class UPPruner:
         keep_channels(state, adapter.residual_slices(), plan.residual)
 
         config = adapter.pruned_config(pruned)
+        adapter.finish_surgery(state, config)
         step = {"operation": "width", "method": scores.meta.get("method"), "proxy_size": scores.meta.get("proxy_size")}
         setattr(config, RECORD_KEY, updated_record(self.model, original, pruned, step))
         return self._build(config, state)
+
+    # ------------------------------------------------------------------ depth
+    def score_blocks(
+        self,
+        proxy: Iterable[Mapping[str, Any]],
+        *,
+        variants_per_pass: int = 8,
+        show_progress: bool = True,
+    ) -> BlockScores:
+        """Importance of every whole block and every hybrid unit (FFN of block i + attention of block i+1).
+
+        `block[i]` / `hybrid[i]` = Σ KL(q ‖ p) over the proxy set with that unit's two residual branches
+        skipped, exactly what the model computes once `prune_blocks` removes it.
+        """
+        if proxy is None:
+            raise ValueError("block scores need a proxy set: an iterable of dict batches of model inputs")
+        scores = BlockKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy)
+        scores.meta.update(model=self.model.name_or_path or type(self.model).__name__,
+                           widths=self.adapter.widths.as_dict())
+        return scores
+
+    def prune_blocks(
+        self,
+        proxy: Iterable[Mapping[str, Any]],
+        num_hidden_layers: int,
+        between_steps: Callable[[PreTrainedModel, int], Any] | None = None,
+        *,
+        variants_per_pass: int = 8,
+        show_progress: bool = True,
+    ) -> PreTrainedModel:
+        """Progressive block pruning: remove the least important unit (block or hybrid), re-score the
+        reduced model, repeat until `num_hidden_layers` blocks remain. A new stock model; the original is
+        untouched.
+
+        `between_steps(model, step)`, if given, runs after removal number `step` (0-based) on the current
+        model, e.g. a short distillation that trains it in place; the next step scores the model it leaves.
+        The proxy set is iterated once per step: a one-shot iterator is materialized to a list first.
+        The pruning record gets one "depth" step listing the removed units in order, each with the block
+        indices it had in the model it was removed from, and its score.
+        """
+        self.adapter.check_scorable()
+        original = self.adapter.widths
+        if isinstance(num_hidden_layers, bool) or not isinstance(num_hidden_layers, int) \
+                or not 1 <= num_hidden_layers <= original.num_hidden_layers:
+            raise ValueError(
+                f"num_hidden_layers must be an integer from 1 to the model's {original.num_hidden_layers}, "
+                f"got {num_hidden_layers!r}"
+            )
+        if between_steps is not None and not callable(between_steps):
+            raise ValueError(f"between_steps must be a callable (model, step), got {type(between_steps).__name__}")
+        if proxy is None:
+            raise ValueError("prune_blocks needs a proxy set: an iterable of dict batches of model inputs")
+        if iter(proxy) is proxy:  # a generator or other one-shot iterator: every step needs the whole set
+            proxy = list(proxy)
+        if num_hidden_layers == original.num_hidden_layers:
+            return copy.deepcopy(self.model)
+
+        removed: list[dict[str, Any]] = []
+        current = self
+        for step in range(original.num_hidden_layers - num_hidden_layers):
+            scores = current.score_blocks(proxy, variants_per_pass=variants_per_pass, show_progress=show_progress)
+            unit = scores.least_important()
+            removed.append({**unit.as_dict(), "score": float(scores.by_branch()[unit.first_branch])})
+            config, state = remove_unit(current.adapter, unit)
+            widths = current.adapter.read_widths(config)
+            record_step = {"operation": "depth", "removed": copy.deepcopy(removed), "method": "kl",
+                           "proxy_size": scores.meta.get("proxy_size")}
+            setattr(config, RECORD_KEY, updated_record(self.model, original, widths, record_step))
+            model = current._build(config, state)
+            if between_steps is not None:
+                between_steps(model, step)
+            current = UPPruner(model)
+        return current.model.train(self.model.training)
 
     def _build(self, config, state: StateDict) -> PreTrainedModel:
         """A stock model of the original's class, dtype, device and mode, holding `state`."""

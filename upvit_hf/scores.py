@@ -82,3 +82,62 @@ class ImportanceScores:
             ffn=[tensors[f"ffn.{i}"] for i in range(num_layers)],
             meta=meta,
         )
+
+
+@dataclass
+class BlockScores:
+    """Importance of the removable depth units; larger means more important.
+
+    `block[i]` is Σ KL over the proxy set with block i skipped (both of its residual branches);
+    `hybrid[i]` with the FFN half of block i and the attention half of block i+1 skipped. Same semantics
+    as channel scores (natural log, q the unpruned model's output, positions weighted for language models).
+    """
+
+    block: torch.Tensor
+    hybrid: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.block.dim() != 1 or self.hybrid.dim() != 1 or len(self.hybrid) != max(len(self.block) - 1, 0):
+            raise ValueError(
+                f"block scores need shapes (L,) and (L-1,), "
+                f"got {tuple(self.block.shape)} and {tuple(self.hybrid.shape)}"
+            )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.block)
+
+    def by_branch(self) -> torch.Tensor:
+        """All 2·L−1 unit scores in branch order: block 0, hybrid 0, block 1, hybrid 1, …, block L−1."""
+        merged = self.block.new_empty(2 * self.num_layers - 1)
+        merged[0::2] = self.block
+        merged[1::2] = self.hybrid
+        return merged
+
+    def least_important(self):
+        """The unit whose removal changes the output least (the earliest one on ties)."""
+        from .depth import BlockUnit
+
+        if self.num_layers == 0:
+            raise ValueError("there are no block scores to choose from")
+        return BlockUnit(int(torch.argmin(self.by_branch())))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save as safetensors (atomically), with `meta` as JSON in the file's metadata."""
+        tensors = {"block": self.block.detach().cpu().contiguous(), "hybrid": self.hybrid.detach().cpu().contiguous()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"upvit_meta": json.dumps(self.meta)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BlockScores:
+        if not os.path.isfile(path):
+            raise ValueError(f"scores file {str(path)!r} does not exist")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("upvit_meta", "{}"))
+        tensors = load_file(str(path))
+        if "block" not in tensors or "hybrid" not in tensors:
+            raise ValueError(f"{str(path)!r} is not an upvit block scores file (no 'block'/'hybrid' tensors)")
+        return cls(block=tensors["block"], hybrid=tensors["hybrid"], meta=meta)

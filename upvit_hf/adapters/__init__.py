@@ -5,9 +5,11 @@ from __future__ import annotations
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .base import ModelAdapter, ParamSlice, Widths
+from .gpt2 import GPT2Adapter
+from .transfo_xl import TransfoXLAdapter
 from .vit import ViTAdapter
 
-ADAPTERS: list[type[ModelAdapter]] = [ViTAdapter]
+ADAPTERS: list[type[ModelAdapter]] = [ViTAdapter, GPT2Adapter, TransfoXLAdapter]
 
 
 def _supported_classes() -> str:

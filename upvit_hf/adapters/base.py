@@ -50,7 +50,8 @@ class Widths:
 
 @dataclass(frozen=True)
 class ParamSlice:
-    """Channel `i` selects entries `offset + i` (for every offset) along `axis` of state-dict tensor `name`.
+    """Channel `i` selects entries `offset + i` (for every offset) along `axis` of state-dict tensor `name`
+    (a key of `ModelAdapter.surgery_state()`, which is `model.state_dict()` unless the family says otherwise).
 
     Several offsets describe fused layouts, e.g. GPT-2's `c_attn` holds q, k, v at 0, E and 2E.
     """
@@ -120,6 +121,20 @@ class ModelAdapter(ABC):
     def slices(self, params: list[torch.Tensor | None], axis: int, offsets: tuple[int, ...] = (0,)) -> list[ParamSlice]:
         """ParamSlices for every state-dict key of each given parameter (None entries are skipped)."""
         return [ParamSlice(name, axis, offsets) for p in params if p is not None for name in self.names(p)]
+
+    def surgery_state(self) -> dict[str, torch.Tensor]:
+        """The state dict that surgery cuts, in the layout the `ParamSlice`s name (a new dict; tensors shared).
+
+        By default `model.state_dict()`. A family overrides it where a channel cannot be named in the stock
+        layout: a tensor whose flattened index is the channel (stored flat here), or one tensor shared by all
+        layers whose layers keep different channels (copied here under per-layer keys). `finish_surgery` turns
+        the cut dict back into the stock layout.
+        """
+        return dict(self.model.state_dict())
+
+    def finish_surgery(self, state: dict[str, torch.Tensor], config: PretrainedConfig) -> None:
+        """Bring a cut `surgery_state` (in place) into the layout a stock model of `config` loads, adjusting
+        `config` (in place) where that layout needs a different setting. By default nothing to do."""
 
     @abstractmethod
     def residual_slices(self) -> list[ParamSlice]:

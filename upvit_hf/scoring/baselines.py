@@ -10,7 +10,7 @@ from ..scores import ImportanceScores
 
 def _l1(adapter: ModelAdapter, slices: list[ParamSlice], width: int) -> torch.Tensor:
     """Σ |w| over every weight a channel touches (each tied tensor counted once)."""
-    state = adapter.model.state_dict()
+    state = adapter.surgery_state()  # the layout the slices name
     scores = torch.zeros(width, dtype=torch.float64)
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
     channels = torch.arange(width)

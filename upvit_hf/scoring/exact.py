@@ -10,7 +10,7 @@ per batch, so each variant runs only the suffix of the network.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -112,7 +112,9 @@ class ExactKLScorer:
                 with masking(masks):
                     for branch in branches[start:]:
                         hidden = branch(hidden, stacked)
-                    scores[chunk] += self._kl(hidden, context, reference, weights, variants).cpu()
+                # the readout (masked final norm for residual variants) re-enters the masks of its rows
+                kl = self._kl(hidden, context, reference, weights, variants, lambda r: masking(masks[r]))
+                scores[chunk] += kl.cpu()
                 bar.update(variants)
 
         def residual_masking(masks: torch.Tensor) -> AbstractContextManager:
@@ -132,17 +134,52 @@ class ExactKLScorer:
             sweep(ffn[layer], 2 * layer + 1, lambda m: ffn_masked(adapter, layer, m), reference)
         return rows
 
-    def _kl(self, hidden, context, reference, weights, variants) -> torch.Tensor:
-        """KL of each stacked variant's output to the reference, read out in memory-bounded groups."""
-        rows = hidden.shape[0] // variants
-        group = max(1, LOGITS_BUDGET // reference.numel())
-        parts = []
-        for first in range(0, variants, group):
-            count = min(group, variants - first)
-            logits = self.adapter.readout(hidden[first * rows : (first + count) * rows],
-                                          self.adapter.repeat_context(context, count))
-            parts.append(kl_per_variant(reference, log_probs(logits), weights))
-        return torch.cat(parts)
+    def _kl(self, hidden, context, reference, weights, variants,
+            masking: Callable[[slice], AbstractContextManager] | None = None) -> torch.Tensor:
+        return stacked_kl(self.adapter, hidden, context, reference, weights, variants, masking)
+
+
+def stacked_kl(adapter: ModelAdapter, hidden: torch.Tensor, context, reference: torch.Tensor,
+               weights: torch.Tensor | None, variants: int,
+               masking: Callable[[slice], AbstractContextManager] | None = None) -> torch.Tensor:
+    """KL of each of `variants` stacked copies of the batch (final hidden states `hidden`) to `reference`.
+
+    Read out in memory-bounded groups: several whole variants or, when one variant's logits exceed
+    `LOGITS_BUDGET` (a language model's tokens × vocabulary), a slice of one variant's samples (contexts are
+    batch-first, so their rows are sliced along with the hidden states). `masking(rows)`, if given, is
+    entered around the readout of the stacked rows `rows` (the variants' masks of the modules it runs).
+    """
+    samples = hidden.shape[0] // variants
+    per_sample = max(1, reference.numel() // samples)
+    group = max(1, LOGITS_BUDGET // per_sample)  # samples read out at once
+    if group >= samples:
+        step = group // samples
+        pieces = [(v, min(v + step, variants), None) for v in range(0, variants, step)]
+    else:
+        pieces = [(v, v + 1, (s, min(s + group, samples))) for v in range(variants) for s in range(0, samples, group)]
+    totals = torch.zeros(variants, dtype=torch.float64, device=hidden.device)
+    for first, last, part in pieces:
+        if part is None:
+            rows = slice(first * samples, last * samples)
+            piece_context = adapter.repeat_context(context, last - first)
+            piece_reference, piece_weights = reference, weights
+        else:
+            rows = slice(first * samples + part[0], first * samples + part[1])
+            piece_context = _sample_rows(context, samples, *part)
+            piece_reference = reference[part[0] : part[1]]
+            piece_weights = None if weights is None else weights[part[0] : part[1]]
+        with masking(rows) if masking is not None else nullcontext():
+            logits = adapter.readout(hidden[rows], piece_context)
+        totals[first:last] += kl_per_variant(piece_reference, log_probs(logits), piece_weights)
+    return totals
+
+
+def _sample_rows(context, samples: int, start: int, stop: int):
+    """The context of samples start … stop−1 (batch-first tensors sliced; anything else kept)."""
+    return {
+        k: v[start:stop] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == samples else v
+        for k, v in context.items()
+    }
 
 
 def variant_masks(channels: torch.Tensor, width: int, rows: int, like: torch.Tensor) -> torch.Tensor:
