@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
 from tiny import randomize, vit_config

@@ -36,3 +36,16 @@ def _image_batches(subset: Dataset, processor: Any, batch_size: int, image_colum
         if image_mode is not None:
             images = [image.convert(image_mode) if image.mode != image_mode else image for image in images]
         yield {"pixel_values": processor(images=images, return_tensors="pt")["pixel_values"]}
+
+
+def text_proxy(token_ids: torch.Tensor, *, size: int = 2000, seq_len: int = 512, seed: int = 0,
+               batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+    """Batches of `input_ids`: `size` windows of `seq_len` tokens at seeded random offsets of a token stream."""
+    if size < 1 or seq_len < 1:
+        raise ValueError(f"the proxy size and sequence length must be >= 1, got {size} and {seq_len}")
+    if token_ids.numel() < seq_len:
+        raise ValueError(f"the text has {token_ids.numel()} tokens, fewer than one sequence of {seq_len}")
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, token_ids.numel() - seq_len + 1, (size,), generator=generator)
+    windows = torch.stack([token_ids[s:s + seq_len] for s in starts.tolist()])
+    return [{"input_ids": chunk, "attention_mask": torch.ones_like(chunk)} for chunk in windows.split(batch_size)]

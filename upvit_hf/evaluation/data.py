@@ -18,7 +18,9 @@ DEFAULT_TEXT_CONFIG = "wikitext-2-raw-v1"
 _SAVE_TO_DISK_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
 
 
-def _is_saved_dataset(path: Path) -> bool:
+def is_saved_dataset(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
+    path = Path(path)
     return path.is_dir() and any((path / marker).is_file() for marker in _SAVE_TO_DISK_MARKERS)
 
 
@@ -46,7 +48,7 @@ def load_image_dataset(
     `imagefolder` (class sub-folders, optionally under split folders); anything else is a `datasets` name.
     """
     path = Path(name_or_path)
-    if _is_saved_dataset(path):
+    if is_saved_dataset(path):
         return _pick_split(load_from_disk(str(path)), split, str(path))
     if path.is_dir():
         return _pick_split(load_dataset("imagefolder", data_dir=str(path)), split, str(path))
@@ -71,7 +73,7 @@ def load_text(
     path = Path(name_or_path)
     if path.is_file():
         return path.read_text(encoding="utf-8")
-    if _is_saved_dataset(path):
+    if is_saved_dataset(path):
         data = _pick_split(load_from_disk(str(path)), split, str(path))
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())

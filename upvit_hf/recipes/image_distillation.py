@@ -15,15 +15,15 @@ hub ids or local folders. Images are transformed with plain torch ops (no torchv
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from datasets import Dataset, Image
 from transformers import (
+    AutoImageProcessor,
     AutoModelForImageClassification,
     EvalPrediction,
     HfArgumentParser,
@@ -31,11 +31,10 @@ from transformers import (
     set_seed,
 )
 from transformers.image_processing_base import ImageProcessingMixin
-from transformers.utils import logging
 
-from upvit_hf.distillation import DistillationTrainer, EMACallback
+from .datasets import load_any, train_eval_splits
+from ..distillation import DistillationTrainer, EMACallback
 
-logger = logging.get_logger("upvit_hf.examples.distill_vit")
 
 
 @dataclass
@@ -65,26 +64,6 @@ class DataArguments:
 
 
 # ---- data ------------------------------------------------------------------------------------------------
-
-
-def load_any(name_or_path: str, config: str | None) -> Dataset | DatasetDict:
-    """A `save_to_disk` folder, any other local folder (imagefolder, inferred), or a hub dataset name."""
-    if os.path.isdir(name_or_path) and any(
-        os.path.exists(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "dataset_info.json", "state.json")
-    ):
-        return load_from_disk(name_or_path)
-    return load_dataset(name_or_path, config)
-
-
-def train_eval_splits(ds: Dataset | DatasetDict, args: DataArguments, seed: int) -> tuple[Dataset, Dataset]:
-    if isinstance(ds, DatasetDict):
-        train = ds[args.train_split]
-        if args.eval_split in ds:
-            return train, ds[args.eval_split]
-    else:
-        train = ds
-    parts = train.train_test_split(test_size=args.eval_fraction, seed=seed)
-    return parts["train"], parts["test"]
 
 
 def to_tensor(image: Any, channels: int) -> torch.Tensor:
@@ -203,6 +182,16 @@ def normalization(name_or_path: str, channels: int) -> tuple[list[float], list[f
     return list(mean), list(std)
 
 
+def saved_image_processor(*names_or_paths: str) -> Any | None:
+    """The first image processor saved with one of the models (saved with the student so it stays usable)."""
+    for name in names_or_paths:
+        try:
+            return AutoImageProcessor.from_pretrained(name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def accuracy(p: EvalPrediction) -> dict[str, float]:
     return {"accuracy": float((p.predictions == p.label_ids).mean())}
 
@@ -231,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     student = AutoModelForImageClassification.from_pretrained(model_args.student)
     teacher = AutoModelForImageClassification.from_pretrained(model_args.teacher)
     if student.config.num_labels != teacher.config.num_labels:
-        raise SystemExit(f"student has {student.config.num_labels} classes, teacher {teacher.config.num_labels}")
+        raise ValueError(f"student has {student.config.num_labels} classes, teacher {teacher.config.num_labels}")
 
     with training_args.main_process_first(desc="loading the dataset"):
         dataset = load_any(data_args.dataset, data_args.dataset_config)
@@ -262,12 +251,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=train_set,
         eval_dataset=eval_set,
+        processing_class=saved_image_processor(model_args.student, model_args.teacher),
         compute_metrics=accuracy,
         preprocess_logits_for_metrics=argmax_logits,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()  # the student only (with the EMA weights when --ema_decay is set)
+    trainer.save_model()  # the student only (EMA weights with --ema_decay), with its image processor
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)

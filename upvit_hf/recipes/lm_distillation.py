@@ -16,11 +16,9 @@ validation.txt); `--student`/`--teacher`/`--tokenizer` are hub ids or local fold
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from itertools import chain
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -29,11 +27,10 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.utils import logging
 
-from upvit_hf.distillation import DistillationTrainer
+from .datasets import load_any, train_eval_splits
+from ..distillation import DistillationTrainer
 
-logger = logging.get_logger("upvit_hf.examples.distill_gpt2")
 
 
 @dataclass
@@ -57,26 +54,6 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training blocks."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluation blocks."})
     preprocessing_num_workers: int | None = None
-
-
-def load_any(name_or_path: str, config: str | None) -> Dataset | DatasetDict:
-    """A `save_to_disk` folder, any other local folder (text files, inferred), or a hub dataset name."""
-    if os.path.isdir(name_or_path) and any(
-        os.path.exists(os.path.join(name_or_path, f)) for f in ("dataset_dict.json", "dataset_info.json", "state.json")
-    ):
-        return load_from_disk(name_or_path)
-    return load_dataset(name_or_path, config)
-
-
-def train_eval_splits(ds: Dataset | DatasetDict, args: DataArguments, seed: int) -> tuple[Dataset, Dataset]:
-    if isinstance(ds, DatasetDict):
-        train = ds[args.train_split]
-        if args.eval_split in ds:
-            return train, ds[args.eval_split]
-    else:
-        train = ds
-    parts = train.train_test_split(test_size=args.eval_fraction, seed=seed)
-    return parts["train"], parts["test"]
 
 
 def group_texts(examples: dict[str, list], block_size: int) -> dict[str, list]:
@@ -129,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if data_args.max_eval_samples is not None:
         eval_ds = eval_ds.select(range(min(data_args.max_eval_samples, len(eval_ds))))
     if len(train_ds) == 0:
-        raise SystemExit(f"no training block of {block_size} tokens: the training text is too short")
+        raise ValueError(f"no training block of {block_size} tokens: the training text is too short")
 
     trainer = DistillationTrainer(
         model=student,

@@ -1,0 +1,42 @@
+"""The `upvit` command line: score, prune, distill, evaluate, push, demo.
+
+Bad input ends with one line on stderr and exit code 2, never a traceback, and leaves no output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import distill, evaluate, prune, push, score
+
+SUBCOMMANDS = (score, prune, distill, evaluate, push)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="upvit", description="UP-ViTs structured pruning for Hugging Face models. `upvit CMD --help` for more."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for subcommand in SUBCOMMANDS:
+        subcommand.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "distill":  # everything after the subcommand belongs to the recipe's HfArgumentParser
+        args.recipe_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args.run(args)
+    except (ValueError, OSError) as err:  # CLIError is a ValueError; OSError: missing files, no network
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"upvit {args.command}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""What several `upvit` subcommands share: loading models and their preprocessors, proxy sets, targets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from ..adapters import adapter_for
+from ..evaluation.data import DEFAULT_TEXT_CONFIG, load_image_dataset, load_text
+from ..proxy import image_proxy, text_proxy
+from ..targets import PruningTarget
+
+AUTO_CLASSES = (AutoModelForImageClassification, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModel)
+
+
+class CLIError(ValueError):
+    """Bad input to the command line: reported as one line on stderr, exit code 2."""
+
+
+def load_config(name_or_path: str):
+    """The config of a local model folder or hub id; a clear error for a missing folder."""
+    looks_local = name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise CLIError(f"model folder {name_or_path} does not exist")
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise CLIError(f"cannot load model {name_or_path!r}: not a model folder and not reachable on the Hub "
+                       f"({str(err).splitlines()[0]})") from err
+
+
+def load_model(name_or_path: str) -> PreTrainedModel:
+    """The model with the Auto class its saved architecture names (classifier, causal LM, or backbone)."""
+    config = load_config(name_or_path)
+    architecture = (getattr(config, "architectures", None) or [""])[0]
+    for auto in AUTO_CLASSES:
+        if any(cls.__name__ == architecture for cls in auto._model_mapping.values()):
+            return auto.from_pretrained(name_or_path).eval()
+    return AutoModel.from_pretrained(name_or_path).eval()
+
+
+def modality(model: PreTrainedModel) -> str:
+    """'image' or 'text', from the inputs the model's adapter needs."""
+    return "image" if "pixel_values" in adapter_for(model).required_inputs else "text"
+
+
+def load_preprocessor(name_or_path: str, kind: str) -> Any:
+    """The image processor or tokenizer saved with the model."""
+    try:
+        if kind == "image":
+            return AutoImageProcessor.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        what = "image processor" if kind == "image" else "tokenizer"
+        raise CLIError(f"{name_or_path!r} has no {what}; save one next to the model") from err
+
+
+def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("proxy set (the samples channels are scored on)")
+    group.add_argument("--dataset", help="datasets name, save_to_disk folder, imagefolder, or text file/folder "
+                                         "(default: imagenet-1k for image models, wikitext for language models)")
+    group.add_argument("--dataset-config", default=None, help=f"datasets config (text default: {DEFAULT_TEXT_CONFIG})")
+    group.add_argument("--split", default="train", help="split the proxy set is sampled from (default: train)")
+    group.add_argument("--column", default=None, help="image or text column (default: image / text)")
+    group.add_argument("--proxy-size", type=int, default=2000, help="samples (images or sequences; default 2000)")
+    group.add_argument("--seq-len", type=int, default=512, help="tokens per proxy sequence (language models)")
+    group.add_argument("--batch-size", type=int, default=32, help="proxy samples per forward pass (default 32)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the proxy sample and of --method random")
+    group.add_argument("--method", default="kl", choices=("kl", "magnitude", "random"),
+                       help="importance criterion: kl (the paper's, exact) or a baseline")
+    group.add_argument("--variants-per-pass", type=int, default=16,
+                       help="channel removals evaluated per forward pass; bounds memory (default 16)")
+
+
+def build_proxy(args: argparse.Namespace, model_name: str, kind: str) -> list[dict]:
+    """The proxy batches named by the proxy arguments."""
+    preprocessor = load_preprocessor(model_name, kind)
+    if kind == "image":
+        dataset = load_image_dataset(args.dataset or "imagenet-1k", args.split, config_name=args.dataset_config)
+        return image_proxy(dataset, preprocessor, size=args.proxy_size, seed=args.seed, batch_size=args.batch_size,
+                           image_column=args.column or "image")
+    text = load_text(args.dataset or "wikitext", args.dataset_config or DEFAULT_TEXT_CONFIG, args.split,
+                     text_column=args.column or "text")
+    token_ids = preprocessor(text, return_tensors="pt")["input_ids"][0]
+    return text_proxy(token_ids, size=args.proxy_size, seq_len=args.seq_len, seed=args.seed,
+                      batch_size=args.batch_size)
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("target widths (the same in every layer)")
+    group.add_argument("--hidden-size", type=int, help="residual width")
+    group.add_argument("--num-heads", type=int, help="attention heads (must divide the current count)")
+    group.add_argument("--intermediate-size", type=int, help="FFN width")
+    group.add_argument("--head-dim", type=int, help="dims per head (default hidden-size // num-heads)")
+    group.add_argument("--ratio", type=float, help="keep this fraction of every component instead")
+
+
+def target_from_arguments(args: argparse.Namespace, config) -> PruningTarget | None:
+    """The width target, or None when no width change was asked for."""
+    widths = (args.hidden_size, args.num_heads, args.intermediate_size)
+    if args.ratio is not None:
+        if any(w is not None for w in widths):
+            raise CLIError("give either --ratio or --hidden-size/--num-heads/--intermediate-size, not both")
+        return PruningTarget.from_ratio(config, args.ratio)
+    if all(w is None for w in widths) and args.head_dim is None:
+        return None
+    if any(w is None for w in widths):
+        raise CLIError("give all of --hidden-size, --num-heads and --intermediate-size (or --ratio)")
+    return PruningTarget(*widths, head_dim=args.head_dim)
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> None:
+    from ..atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

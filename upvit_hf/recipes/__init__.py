@@ -1,0 +1,1 @@
+"""Distillation recipes (HfArgumentParser scripts as functions), shared by `examples/` and `upvit distill`."""
