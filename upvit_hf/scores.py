@@ -57,10 +57,10 @@ class ImportanceScores:
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as safetensors (atomically), with `meta` as JSON in the file's metadata."""
-        tensors = {"residual": self.residual.detach().cpu().contiguous()}
+        tensors = {"residual": self.residual.detach().cpu().clone()}  # clones: scores built by hand may share storage
         for name, per_layer in (("attention", self.attention), ("ffn", self.ffn)):
             for layer, tensor in enumerate(per_layer):
-                tensors[f"{name}.{layer}"] = tensor.detach().cpu().contiguous()
+                tensors[f"{name}.{layer}"] = tensor.detach().cpu().clone()
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"upvit_meta": json.dumps(self.meta)})
 

@@ -24,7 +24,11 @@ from ..evaluation.data import DEFAULT_TEXT_CONFIG, load_image_dataset, load_text
 from ..proxy import image_proxy, text_proxy
 from ..targets import PruningTarget
 
-AUTO_CLASSES = (AutoModelForImageClassification, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModel)
+AUTO_CLASS_BY_SUFFIX = (
+    (("ForImageClassification", "ForImageClassificationWithTeacher"), AutoModelForImageClassification),
+    (("LMHeadModel", "ForCausalLM"), AutoModelForCausalLM),
+    (("ForSequenceClassification",), AutoModelForSequenceClassification),
+)
 
 
 class CLIError(ValueError):
@@ -47,10 +51,8 @@ def load_model(name_or_path: str) -> PreTrainedModel:
     """The model with the Auto class its saved architecture names (classifier, causal LM, or backbone)."""
     config = load_config(name_or_path)
     architecture = (getattr(config, "architectures", None) or [""])[0]
-    for auto in AUTO_CLASSES:
-        if any(cls.__name__ == architecture for cls in auto._model_mapping.values()):
-            return auto.from_pretrained(name_or_path).eval()
-    return AutoModel.from_pretrained(name_or_path).eval()
+    auto = next((auto for suffixes, auto in AUTO_CLASS_BY_SUFFIX if architecture.endswith(suffixes)), AutoModel)
+    return auto.from_pretrained(name_or_path).eval()
 
 
 def modality(model: PreTrainedModel) -> str:

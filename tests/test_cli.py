@@ -1,0 +1,152 @@
+"""The `upvit` command line end to end, offline: score → prune → distill → evaluate → push → from_pretrained."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from huggingface_hub import ModelCard
+from PIL import Image as PILImage
+from tiny import randomize, vit_config
+from transformers import AutoModelForImageClassification, ViTForImageClassification, ViTImageProcessor
+
+from upvit_hf import ImportanceScores
+from upvit_hf.cli import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def images(n: int, seed: int) -> list[PILImage.Image]:
+    rng = np.random.default_rng(seed)
+    return [PILImage.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    randomize(ViTForImageClassification(vit_config())).save_pretrained(root / "base")
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(root / "base")
+    features = Features({"image": Image(), "label": ClassLabel(num_classes=5)})
+    split = lambda n, seed: Dataset.from_dict(  # noqa: E731
+        {"image": images(n, seed), "label": [i % 5 for i in range(n)]}, features=features)
+    DatasetDict(train=split(12, 0), test=split(7, 1)).save_to_disk(root / "data")
+    return root
+
+
+def upvit(*args: str) -> None:
+    main([str(a) for a in args])
+
+
+FRESH_LOAD = textwrap.dedent("""
+    import sys, torch
+    from transformers import AutoModelForImageClassification
+    model = AutoModelForImageClassification.from_pretrained(sys.argv[1]).eval()
+    with torch.no_grad():
+        torch.save(model(pixel_values=torch.load(sys.argv[2])).logits, sys.argv[3])
+    assert "upvit_hf" not in sys.modules
+""")
+
+
+def test_score_prune_distill_evaluate_push_reload(assets, tmp_path, local_hub, capsys):
+    base, data = assets / "base", assets / "data"
+    upvit("score", "--model", base, "--dataset", data, "--proxy-size", 6, "--batch-size", 3,
+          "--output", tmp_path / "scores.safetensors")
+    assert ImportanceScores.load(tmp_path / "scores.safetensors").meta["proxy_size"] == 6
+
+    upvit("prune", "--model", base, "--scores", tmp_path / "scores.safetensors", "--hidden-size", 8,
+          "--num-heads", 2, "--intermediate-size", 12, "--output", tmp_path / "pruned")
+    pruned = AutoModelForImageClassification.from_pretrained(tmp_path / "pruned")
+    assert (pruned.config.hidden_size, pruned.config.num_attention_heads, pruned.config.intermediate_size) == (8, 2, 12)
+    card = ModelCard.load(tmp_path / "pruned" / "README.md")
+    assert {"pruning", "upvit"} <= set(card.data.tags) and "16" in card.text and "8" in card.text
+
+    upvit("distill", "--student", tmp_path / "pruned", "--teacher", base, "--dataset", data,
+          "--eval_split", "test", "--output_dir", tmp_path / "distilled", "--max_steps", 2,
+          "--per_device_train_batch_size", 4, "--report_to", "none", "--save_strategy", "no", "--use_cpu",
+          "--cutmix_alpha", 0)
+    distilled = AutoModelForImageClassification.from_pretrained(tmp_path / "distilled").eval()
+    assert not torch.equal(distilled.classifier.weight, pruned.classifier.weight)
+
+    upvit("evaluate", "--model", tmp_path / "distilled", "--dataset", data, "--split", "test", "--batch-size", 4,
+          "--output", tmp_path / "eval.json")
+    report = json.loads((tmp_path / "eval.json").read_text())
+    processor = ViTImageProcessor.from_pretrained(tmp_path / "distilled")
+    test = DatasetDict.load_from_disk(data)["test"]
+    with torch.no_grad():
+        predicted = distilled(**processor(images=list(test["image"]), return_tensors="pt")).logits.argmax(-1)
+    assert report["metrics"]["top1"] == pytest.approx(float((predicted == torch.tensor(list(test["label"]))).float().mean()))
+    assert report["stats"]["params"] == sum(p.numel() for p in distilled.parameters())
+    assert "top1" in capsys.readouterr().out
+
+    upvit("push", tmp_path / "distilled", "upvit-tester/cli-vit", "--metrics", tmp_path / "eval.json")
+    x = torch.randn(2, 3, 8, 8)
+    torch.save(x, tmp_path / "x.pt")
+    loaded = subprocess.run([sys.executable, "-c", FRESH_LOAD, "upvit-tester/cli-vit", tmp_path / "x.pt",
+                             tmp_path / "y.pt"], capture_output=True, text=True, env=os.environ.copy())
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), distilled(pixel_values=x).logits, rtol=0, atol=0)
+    card = ModelCard(local_hub.files("upvit-tester/cli-vit")["README.md"].decode())
+    assert "upvit" in card.data.tags and "top1" in card.text
+
+
+def test_prune_depth_and_width_on_the_fly(assets, tmp_path):
+    upvit("prune", "--model", assets / "base", "--dataset", assets / "data", "--proxy-size", 4, "--num-layers", 1,
+          "--ratio", 0.5, "--output", tmp_path / "small")
+    small = AutoModelForImageClassification.from_pretrained(tmp_path / "small")
+    assert (small.config.num_hidden_layers, small.config.hidden_size) == (1, 8)
+    steps = [step["operation"] for step in small.config.upvit_pruning["steps"]]
+    assert steps == ["depth", "width"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["prune", "--model", "{tmp}/missing", "--ratio", "0.5", "--output", "{tmp}/out"], "does not exist"),
+    (["score", "--model", "{base}", "--dataset", "{data}", "--column", "pixels", "--output", "{tmp}/s"],
+     "pixels"),
+    (["prune", "--model", "{base}", "--dataset", "{data}", "--hidden-size", "8", "--num-heads", "3",
+      "--intermediate-size", "12", "--output", "{tmp}/out"], "must divide"),
+    (["prune", "--model", "{base}", "--scores", "{tmp}/other.safetensors", "--ratio", "0.5", "--output",
+      "{tmp}/out"], "do not match"),
+    (["prune", "--model", "{base}", "--output", "{tmp}/out"], "nothing to do"),
+    (["push", "{tmp}/missing", "me/x"], "not a folder"),
+])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(assets, tmp_path, capsys, args, message):
+    ImportanceScores(torch.rand(24), [torch.rand(24)] * 2, [torch.rand(30)] * 2).save(tmp_path / "other.safetensors")
+    before = set(tmp_path.iterdir())
+    argv = [a.format(tmp=tmp_path, base=assets / "base", data=assets / "data") for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith(f"upvit {args[0]}: error:"), lines
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_console_script_reports_without_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "upvit_hf.cli", "prune", "--model", str(tmp_path / "nope"),
+                          "--ratio", "0.5", "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"upvit prune: error: model folder {tmp_path / 'nope'} does not exist"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_subcommand_has_help_with_an_example(capsys):
+    for command in ("score", "prune", "evaluate", "push"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "example" in capsys.readouterr().out
+    main(["distill", "--help"])
+    assert "examples:" in capsys.readouterr().out
