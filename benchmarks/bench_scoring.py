@@ -1,12 +1,13 @@
 """Fast exact KL scoring vs naive leave-one-out, side by side on one model and proxy set.
 
 Naive: for every channel, a copy of the model with that channel physically removed (residual and FFN
-channels sliced out; attention dims zeroed in q/k/v, which is what removal means inside a head), then a
-full forward pass over the proxy set. Fast: `UPPruner.score` (masked variants stacked along the batch,
+channels sliced out; attention dims zeroed in q/k/v and the output projection, which is what removal means
+inside a head), then a full forward pass over the proxy set. Fast: `UPPruner.score` (masked variants stacked along the batch,
 suffix-only evaluation from cached branch inputs). Prints both times, the ratio, the agreement of the
 scores, the projected cost of scoring ViT-Base on 2000 images, and a JSON line.
 
     python benchmarks/bench_scoring.py                    # 6-layer ViT; a few minutes on 2 CPU cores
+    python benchmarks/bench_scoring.py --family gpt2      # 6-layer GPT-2, 32-token sequences
 """
 
 from __future__ import annotations
@@ -18,21 +19,35 @@ import time
 
 import torch
 from torch import nn
-from transformers import ViTConfig, ViTForImageClassification
+from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTForImageClassification
+from transformers.pytorch_utils import Conv1D
 
 from upvit_hf import UPPruner
 from upvit_hf.adapters import Widths, adapter_for
 
 
-def build_model(args) -> ViTForImageClassification:
-    config = ViTConfig(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                       intermediate_size=args.intermediate, image_size=32, patch_size=8, num_labels=10)
+def build_model(args):
+    if args.family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_embd=args.hidden, n_layer=args.layers, n_head=args.heads,
+                                           n_inner=args.intermediate, vocab_size=1000, n_positions=64))
+    else:
+        model = ViTForImageClassification(ViTConfig(
+            hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+            intermediate_size=args.intermediate, image_size=32, patch_size=8, num_labels=10))
     torch.manual_seed(0)
-    model = ViTForImageClassification(config).eval()
     with torch.no_grad():  # trained-looking weights: outputs that depend on every channel
         for name, p in model.named_parameters():
-            p.copy_(1 + 0.3 * torch.randn_like(p) if "norm" in name and name.endswith("weight") else 0.1 * torch.randn_like(p))
-    return model
+            is_norm = ("norm" in name or ".ln_" in name) and name.endswith("weight")
+            p.copy_(1 + 0.3 * torch.randn_like(p) if is_norm else 0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def build_proxy(args, generator) -> list[dict[str, torch.Tensor]]:
+    if args.family == "gpt2":
+        inputs = torch.randint(0, 1000, (args.samples, args.seq_len), generator=generator)
+        return [{"input_ids": chunk} for chunk in inputs.split(args.batch_size)]
+    images = torch.randn(args.samples, 3, 32, 32, generator=generator)
+    return [{"pixel_values": chunk} for chunk in images.split(args.batch_size)]
 
 
 class NaiveScorer:
@@ -58,17 +73,23 @@ class NaiveScorer:
     def without(self, slices, channel: int, zero: bool = False):
         reduced = copy.deepcopy(self.model)
         params = dict(reduced.named_parameters(remove_duplicate=False))
+        done = set()
         for s in slices:
             p = params[s.name]
+            if (id(p), s.axis) in done:  # a tied parameter listed under each of its names
+                continue
+            done.add((id(p), s.axis))
             drop = torch.tensor([o + channel for o in s.offsets])
             if zero:
                 p.data.index_fill_(s.axis, drop, 0.0)
             else:
                 keep = torch.tensor([i for i in range(p.shape[s.axis]) if i not in set(drop.tolist())])
                 p.data = p.data.index_select(s.axis, keep)
-        for module in reduced.modules():
+        for module in reduced.modules():  # the shape attributes forward() reads
             if isinstance(module, nn.LayerNorm):
                 module.normalized_shape = tuple(module.weight.shape)
+            elif isinstance(module, Conv1D):
+                module.nf = module.weight.shape[1]
         return reduced
 
     def score(self, widths: Widths):
@@ -76,14 +97,14 @@ class NaiveScorer:
         residual = [self.kl(self.without(a.residual_slices(), c)) for c in range(widths.hidden_size)]
         attention, ffn = [], []
         for layer in range(widths.num_hidden_layers):
-            qkv = [s for s in a.attention_slices(layer) if s.axis == 0]  # q/k/v rows
-            attention.append([self.kl(self.without(qkv, i, zero=True)) for i in range(widths.attention_width)])
+            dims = a.attention_slices(layer)
+            attention.append([self.kl(self.without(dims, i, zero=True)) for i in range(widths.attention_width)])
             ffn.append([self.kl(self.without(a.ffn_slices(layer), j)) for j in range(widths.intermediate_size)])
         return torch.tensor(residual), [torch.tensor(x) for x in attention], [torch.tensor(x) for x in ffn]
 
 
 def forward_equivalents(w: Widths) -> tuple[float, float]:
-    """Full-forward passes per proxy sample: naive vs ours (ours runs only the suffix after a cached branch)."""
+    """Full forward passes per proxy sample: naive vs ours (ours runs only the suffix after a cached branch)."""
     branches = 2 * w.num_hidden_layers
     naive = w.hidden_size + w.num_hidden_layers * (w.attention_width + w.intermediate_size)
     ours = w.hidden_size + sum(
@@ -95,20 +116,20 @@ def forward_equivalents(w: Widths) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=("vit", "gpt2"), default="vit")
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=48)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--intermediate", type=int, default=192)
-    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=16, help="proxy images or sequences")
+    parser.add_argument("--seq-len", type=int, default=32, help="tokens per proxy sequence (gpt2)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--variants-per-pass", type=int, default=32)
     args = parser.parse_args()
 
     model = build_model(args)
     widths = adapter_for(model).widths
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(args.images, 3, 32, 32, generator=generator)
-    batches = [{"pixel_values": chunk} for chunk in images.split(args.batch_size)]
+    batches = build_proxy(args, torch.Generator().manual_seed(1))
 
     start = time.perf_counter()
     fast = UPPruner(model).score(batches, variants_per_pass=args.variants_per_pass, show_progress=False)
@@ -128,10 +149,10 @@ def main() -> None:
     base_naive, base_ours = forward_equivalents(base)
 
     result = {
-        "model": f"ViT L={widths.num_hidden_layers} D={widths.hidden_size} H={widths.num_attention_heads} "
+        "model": f"{type(model).__name__} L={widths.num_hidden_layers} D={widths.hidden_size} H={widths.num_attention_heads} "
                  f"I={widths.intermediate_size}",
         "channels": int(theirs.numel()),
-        "images": args.images,
+        "samples": args.samples,
         "fast_s": round(fast_seconds, 2),
         "naive_s": round(naive_seconds, 2),
         "naive_forward_only_s": round(naive.forward_seconds, 2),
@@ -142,7 +163,7 @@ def main() -> None:
         "forward_equivalents_per_image": {"naive": naive_fw, "ours": round(ours_fw, 1)},
         "vit_base_2000_images_forward_passes": {"naive": int(base_naive * 2000), "ours": int(base_ours * 2000)},
     }
-    print(f"scored {result['channels']} channels of {result['model']} on {args.images} images")
+    print(f"scored {result['channels']} channels of {result['model']} on {args.samples} proxy samples")
     print(f"  fast exact scorer : {fast_seconds:8.2f} s")
     print(f"  naive leave-one-out: {naive_seconds:8.2f} s  (forward passes alone {naive.forward_seconds:.2f} s)")
     print(f"  speed ratio        : {result['speedup']:.2f}x  ({result['speedup_vs_naive_forward_only']:.2f}x vs naive "
