@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 
-from upvit_hf import ImportanceScores, PruningTarget, UPPruner
+from upvit_hf import ImportanceScores, UPPruner
 from upvit_hf.atomic import atomic_path
+from upvit_hf.cli.common import target_from_arguments
 from upvit_hf.evaluation.data import load_image_dataset
 from upvit_hf.proxy import image_proxy
 
@@ -40,23 +41,15 @@ class PruneArguments:
     save_scores: str | None = field(default=None, metadata={"help": "also save the computed scores here"})
 
 
-def target_of(args: PruneArguments, config) -> PruningTarget:
-    widths = (args.hidden_size, args.num_heads, args.intermediate_size)
-    if args.ratio is not None:
-        if any(w is not None for w in widths):
-            raise ValueError("give either --ratio or explicit widths, not both")
-        return PruningTarget.from_ratio(config, args.ratio)
-    if any(w is None for w in widths):
-        raise ValueError("give --hidden-size, --num-heads and --intermediate-size (or --ratio)")
-    return PruningTarget(*widths, head_dim=args.head_dim)
-
-
 def main(argv: list[str] | None = None) -> None:
     (args,) = HfArgumentParser(PruneArguments).parse_args_into_dataclasses(argv)
     model = AutoModelForImageClassification.from_pretrained(args.model)
     processor = AutoImageProcessor.from_pretrained(args.model)
-    target = target_of(args, model.config)
+    target = target_from_arguments(args, model.config)
+    if target is None:
+        raise ValueError("give --hidden-size, --num-heads and --intermediate-size (or --ratio)")
     pruner = UPPruner(model)
+    pruner.check_target(target)  # fail before the expensive part
     if args.scores:
         scores = ImportanceScores.load(args.scores)
     else:

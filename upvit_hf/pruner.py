@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from .adapters import adapter_for
+from .adapters import Widths, adapter_for
 from .depth import remove_unit
 from .record import RECORD_KEY, updated_record
 from .scores import BlockScores, ImportanceScores
@@ -60,6 +60,12 @@ class UPPruner:
                            widths=self.adapter.widths.as_dict())
         return scores
 
+    def check_target(self, target: PruningTarget) -> Widths:
+        """The widths `target` gives this model; ValueError (saying what is allowed) when it cannot."""
+        widths = target.resolve(self.adapter.widths)
+        self.adapter.check_widths(widths)
+        return widths
+
     def prune(self, target: PruningTarget, scores: ImportanceScores) -> PreTrainedModel:
         """A new model of the same class with the target widths; the original is untouched.
 
@@ -69,8 +75,7 @@ class UPPruner:
         """
         adapter = self.adapter
         original = adapter.widths
-        pruned = target.resolve(original)
-        adapter.check_widths(pruned)
+        pruned = self.check_target(target)
         plan = PruningPlan.from_scores(scores, original, pruned)
 
         state: StateDict = adapter.surgery_state()

@@ -31,15 +31,21 @@ class PruningTarget:
 
         The head count scales too (to the divisor of the original count closest to `ratio·heads`), so
         ratio 0.5 turns DeiT-B (768 wide, 12 heads of 64) into the DeiT-S shape (384, 6 heads of 64).
+        Where the family derives head_dim from the hidden size (GPT-2), the hidden size is rounded to a
+        multiple of the head count.
         """
         if not 0 < ratio <= 1:
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-        widths = adapter_class_for_config(config).read_widths(config)
+        adapter = adapter_class_for_config(config)
+        widths = adapter.read_widths(config)
         old_heads = widths.num_attention_heads
         divisors = [h for h in range(1, old_heads + 1) if old_heads % h == 0]
         heads = min(divisors, key=lambda h: (abs(h - ratio * old_heads), -h))
+        hidden = max(1, round(ratio * widths.hidden_size))
+        if adapter.head_dim_follows_hidden:  # e.g. GPT-2: the hidden size must be a multiple of the heads
+            hidden = min(max(heads, round(hidden / heads) * heads), widths.hidden_size // heads * heads)
         return cls(
-            hidden_size=max(1, round(ratio * widths.hidden_size)),
+            hidden_size=hidden,
             num_attention_heads=heads,
             intermediate_size=max(1, round(ratio * widths.intermediate_size)),
         )

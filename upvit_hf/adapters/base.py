@@ -73,6 +73,8 @@ class ModelAdapter(ABC):
     """Model classes this adapter can score and prune."""
     half_block_prefixes: ClassVar[tuple[tuple[str, ...], tuple[str, ...]]] = ((), ())
     """State-dict key prefixes, relative to a block, of its attention half and of its FFN half."""
+    head_dim_follows_hidden: ClassVar[bool] = False
+    """True where the stock architecture derives head_dim as hidden_size // heads (no separate key)."""
     required_inputs: ClassVar[tuple[str, ...]] = ()
     optional_inputs: ClassVar[tuple[str, ...]] = ()
 

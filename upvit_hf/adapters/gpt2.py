@@ -32,6 +32,7 @@ class GPT2Adapter(ModelAdapter):
     required_inputs = ("input_ids",)
     optional_inputs = ("attention_mask", "position_ids", "token_type_ids")
     half_block_prefixes = (("ln_1.", "attn."), ("ln_2.", "mlp."))
+    head_dim_follows_hidden = True
 
     def __init__(self, model):
         if getattr(model.config, "add_cross_attention", False):

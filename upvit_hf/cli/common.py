@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ from transformers import (
 )
 
 from ..adapters import adapter_for
-from ..evaluation.data import DEFAULT_TEXT_CONFIG, load_image_dataset, load_text
+from ..evaluation.complexity import max_positions
+from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_image_dataset, load_text
 from ..proxy import image_proxy, text_proxy
 from ..targets import PruningTarget
 
@@ -37,9 +38,7 @@ class CLIError(ValueError):
 
 def load_config(name_or_path: str):
     """The config of a local model folder or hub id; a clear error for a missing folder."""
-    looks_local = name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1
-    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise CLIError(f"model folder {name_or_path} does not exist")
+    check_exists(name_or_path, "model folder")
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
@@ -88,13 +87,17 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
                        help="channel removals evaluated per forward pass; bounds memory (default 16)")
 
 
-def build_proxy(args: argparse.Namespace, model_name: str, kind: str) -> list[dict]:
+def build_proxy(args: argparse.Namespace, model_name: str, model: PreTrainedModel) -> list[dict]:
     """The proxy batches named by the proxy arguments."""
+    kind = modality(model)
     preprocessor = load_preprocessor(model_name, kind)
     if kind == "image":
         dataset = load_image_dataset(args.dataset or "imagenet-1k", args.split, config_name=args.dataset_config)
         return image_proxy(dataset, preprocessor, size=args.proxy_size, seed=args.seed, batch_size=args.batch_size,
                            image_column=args.column or "image")
+    context = max_positions(model)
+    if context is not None and args.seq_len > context:
+        raise CLIError(f"--seq-len {args.seq_len} exceeds the model's context of {context} tokens")
     text = load_text(args.dataset or "wikitext", args.dataset_config or DEFAULT_TEXT_CONFIG, args.split,
                      text_column=args.column or "text")
     token_ids = preprocessor(text, return_tensors="pt")["input_ids"][0]
@@ -112,7 +115,8 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def target_from_arguments(args: argparse.Namespace, config) -> PruningTarget | None:
-    """The width target, or None when no width change was asked for."""
+    """The width target of `--hidden-size/--num-heads/--intermediate-size[/--head-dim]` or `--ratio`;
+    None when no width change was asked for."""
     widths = (args.hidden_size, args.num_heads, args.intermediate_size)
     if args.ratio is not None:
         if any(w is not None for w in widths):

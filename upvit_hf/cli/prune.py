@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> None:
     kind = modality(model)
     pruner = UPPruner(model)
     if target is not None:
-        target.resolve(pruner.adapter.widths)  # fail on an impossible target before any expensive work
+        pruner.check_target(target)  # fail on an impossible target before any expensive work
     proxy = None
     if args.num_layers is not None or (target is not None and args.scores is None and args.method == "kl"):
-        proxy = build_proxy(args, args.model, kind)
+        proxy = build_proxy(args, args.model, model)
     pruned = model
     if args.num_layers is not None:
         pruned = pruner.prune_blocks(proxy, num_hidden_layers=args.num_layers)

@@ -18,6 +18,18 @@ DEFAULT_TEXT_CONFIG = "wikitext-2-raw-v1"
 _SAVE_TO_DISK_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
 
 
+def looks_local(name_or_path: str | os.PathLike) -> bool:
+    """Whether a name is meant as a local path rather than a Hub id (hub ids are `name` or `org/name`)."""
+    name = str(name_or_path)
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1
+
+
+def check_exists(name_or_path: str | os.PathLike, what: str) -> None:
+    """ValueError for a local path that does not exist (instead of a confusing Hub lookup)."""
+    if looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise ValueError(f"{what} {name_or_path} does not exist")
+
+
 def is_saved_dataset(path: str | os.PathLike) -> bool:
     """Whether `path` is a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
     path = Path(path)
@@ -47,6 +59,7 @@ def load_image_dataset(
     A folder written by `save_to_disk` is read with `load_from_disk`; any other folder is read as an
     `imagefolder` (class sub-folders, optionally under split folders); anything else is a `datasets` name.
     """
+    check_exists(name_or_path, "dataset")
     path = Path(name_or_path)
     if is_saved_dataset(path):
         return _pick_split(load_from_disk(str(path)), split, str(path))
@@ -70,6 +83,7 @@ def load_text(
     Joining WikiText rows with "\\n\\n" is the convention of the Hugging Face perplexity guide, so numbers are
     comparable with published ones. `config_name` is ignored for local paths.
     """
+    check_exists(name_or_path, "dataset")
     path = Path(name_or_path)
     if path.is_file():
         return path.read_text(encoding="utf-8")
