@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) examples/prune_vit.py --demo
+	$(VENV)/bin/upvit demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

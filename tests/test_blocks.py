@@ -28,14 +28,6 @@ from upvit_hf.scores import BlockScores
 from upvit_hf.scoring.blocks import branch_evaluations
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one intra-op thread, and many times faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---------------------------------------------------------------------------------------- families
 @dataclass(frozen=True)

@@ -21,14 +21,6 @@ from upvit_hf import ImportanceScores
 from upvit_hf.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def images(n: int, seed: int) -> list[PILImage.Image]:
     rng = np.random.default_rng(seed)
     return [PILImage.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(n)]
@@ -144,7 +136,7 @@ def test_console_script_reports_without_traceback(tmp_path):
 
 
 def test_every_subcommand_has_help_with_an_example(capsys):
-    for command in ("score", "prune", "evaluate", "push"):
+    for command in ("score", "prune", "evaluate", "push", "demo"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "example" in capsys.readouterr().out

@@ -36,14 +36,6 @@ from upvit_hf.distillation import DistillationTrainer, EMACallback
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add spin-waiting on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # ---- tiny models and data --------------------------------------------------------------------------------
 

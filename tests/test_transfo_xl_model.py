@@ -27,17 +27,8 @@ CASES = ["post_ln", "pre_ln", "same_length"]
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """The models are tiny: intra-op threads only add contention on a shared machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def loaded(single_thread) -> dict[str, tuple[TransfoXLLMHeadModel, dict[str, torch.Tensor]]]:
+def loaded() -> dict[str, tuple[TransfoXLLMHeadModel, dict[str, torch.Tensor]]]:
     """Each fixture checkpoint loaded once through `AutoModelForCausalLM`, with its 4.x expectations."""
     out = {}
     for case in CASES:

@@ -28,15 +28,6 @@ from upvit_hf.depth import BlockUnit, remove_unit
 from upvit_hf.models.transfo_xl import TransfoXLConfig, TransfoXLLMHeadModel, TransfoXLModel
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """The models are tiny: intra-op threads only add contention on a shared machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def txl_config(**overrides) -> TransfoXLConfig:
     params = dict(
         vocab_size=30, cutoffs=[8, 16], d_model=12, d_embed=16, n_head=2, d_head=4, d_inner=16, div_val=2,

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import distill, evaluate, prune, push, score
+from . import demo, distill, evaluate, prune, push, score
 
-SUBCOMMANDS = (score, prune, distill, evaluate, push)
+SUBCOMMANDS = (score, prune, distill, evaluate, push, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,101 @@
+"""End-to-end check of the offline demo (`upvit_hf.demo.run_demo`) in its quick mode."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import torch
+
+from upvit_hf.demo import run_demo
+
+VISION_ROWS = {"teacher", "up_pruned", "up_distilled", "scratch", "magnitude_pruned", "magnitude_distilled",
+               "random_pruned", "random_distilled"}
+LANGUAGE_ROWS = {"teacher", "up_pruned", "up_distilled", "scratch", "magnitude_distilled", "random_distilled"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    out = tmp_path_factory.mktemp("demo")
+    start = time.perf_counter()
+    returned = run_demo(out, quick=True, show_progress=False, print_tables=False)
+    return out, returned, time.perf_counter() - start
+
+
+def _finite_positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+def test_writes_table_json_and_figure(demo: tuple) -> None:
+    out, returned, _ = demo
+    table = (out / "results.md").read_text(encoding="utf-8")
+    assert "| model | params |" in table and "UP-pruned (KL) + distilled" in table
+    assert "test perplexity" in table and "top-1 accuracy" in table
+
+    png = (out / "figure.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    from PIL import Image
+
+    with Image.open(out / "figure.png") as image:
+        image.verify()
+
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["quick"] is True and results == json.loads(json.dumps(returned))
+    for name, expected, metric in (("vision", VISION_ROWS, "accuracy"), ("language", LANGUAGE_ROWS, "perplexity")):
+        rows = {row["key"]: row for row in results[name]["rows"]}
+        assert set(rows) == expected
+        for row in rows.values():
+            for field in ("params", "flops", "throughput"):
+                assert _finite_positive(row[field]), (name, row["key"], field)
+            assert _finite_positive(row[metric]["mean"]), (name, row["key"])
+            assert all(math.isfinite(v) for v in row[metric]["values"])
+        assert rows["up_distilled"]["params"] < rows["teacher"]["params"]
+        assert rows["up_distilled"]["flops"] < rows["teacher"]["flops"]
+    assert all(0 <= row["accuracy"]["mean"] <= 1 for row in results["vision"]["rows"])
+    assert 0.2 < results["vision"]["setup"]["flops_ratio"] < 0.35  # "about a quarter of the FLOPs"
+    assert 0.3 < results["language"]["setup"]["flops_ratio"] < 0.6
+
+
+@pytest.mark.slow
+def test_saved_models_reload_with_stock_from_pretrained(demo: tuple) -> None:
+    """Reload independently and reproduce the reported metric: same logits ⇒ same accuracy / perplexity."""
+    from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageClassification
+
+    from upvit_hf.demo.data import load_digit_splits, load_treebank
+    from upvit_hf.evaluation import evaluate_accuracy, sliding_window_perplexity
+
+    out, results, _ = demo
+    for section in ("vision", "language"):
+        for saved in results[section]["saved_models"].values():
+            assert saved["reload_ok"] is True and saved["max_abs_logit_diff"] <= 1e-5
+
+    vision = results["vision"]
+    folder = out / vision["saved_models"]["up_distilled"]["path"]
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    assert model.config.hidden_size == vision["setup"]["pruned_widths"]["hidden_size"]
+    splits = load_digit_splits()
+    accuracy = evaluate_accuracy(model, splits.test, AutoImageProcessor.from_pretrained(folder), top_k=(1,),
+                                 progress=False)["top1"]
+    reported = {row["key"]: row for row in vision["rows"]}["up_distilled"]["accuracy"]["values"][0]
+    assert accuracy == pytest.approx(reported, abs=1e-9)
+
+    language = results["language"]
+    folder = out / language["saved_models"]["up_distilled"]["path"]
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert model.config.n_embd == language["setup"]["pruned_widths"]["hidden_size"]
+    recipe = language["setup"]["recipe"]
+    test = load_treebank().test[: recipe["max_test_tokens"]]
+    with torch.inference_mode():
+        ppl = sliding_window_perplexity(model, test, max_length=recipe["block_size"], stride=recipe["eval_stride"],
+                                        batch_size=32, progress=False).perplexity
+    reported = {row["key"]: row for row in language["rows"]}["up_distilled"]["perplexity"]["mean"]
+    assert ppl == pytest.approx(reported, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_quick_demo_is_quick(demo: tuple) -> None:
+    _, _, seconds = demo
+    assert seconds < 180 * 2, f"quick demo took {seconds:.0f}s (budget 180s on an idle 2-core machine)"

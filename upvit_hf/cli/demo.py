@@ -1,0 +1,25 @@
+"""`upvit demo`: the whole pipeline on embedded data (digits, Penn Treebank), offline, on a CPU."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLE = """examples:
+  upvit demo                        # about 15 minutes on 2 CPU cores; what `make demo` runs
+  upvit demo --quick --output-dir /tmp/demo   # a few minutes: checks the pipeline, numbers mean little
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="train, UP-prune, distil and compare on embedded data (offline)",
+                                   epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="demo_output", help="where results and models go")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets (a pipeline check)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="vision seeds (default: 0 1 2; quick: 0)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..demo import run_demo
+
+    run_demo(args.output_dir, quick=args.quick, seeds=args.seeds)
