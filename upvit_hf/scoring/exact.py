@@ -20,8 +20,9 @@ from ..adapters import ModelAdapter
 from ..scores import ImportanceScores
 from .masks import attention_masked, broadcast, ffn_masked, residual_masked
 
-LOGITS_BUDGET = 2**25
-"""Logit elements evaluated at once in the KL (float64): bounds memory for large vocabularies."""
+LOGITS_BUDGET = 2**20
+"""Logit elements read out and compared at once (float64): bounds memory for large vocabularies, and at
+8 MB of float64 keeps the KL arithmetic near the cache (twice as fast as 256 MB for GPT-2 readouts)."""
 
 Masking = Callable[[torch.Tensor], AbstractContextManager]
 
