@@ -8,10 +8,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .adapters import Widths
 from .atomic import atomic_path
+
+
+def save_scores_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Safetensors written atomically, `meta` as JSON in its metadata (tensors cloned: scores built by hand
+    may share storage, which safetensors refuses)."""
+    tensors = {name: tensor.detach().cpu().clone() for name, tensor in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"upvit_meta": json.dumps(meta)})
+
+
+def load_scores_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not os.path.isfile(path):
+        raise ValueError(f"scores file {str(path)!r} does not exist")
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("upvit_meta", "{}"))
+    return load_file(str(path)), meta
 
 
 @dataclass
@@ -57,22 +74,14 @@ class ImportanceScores:
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as safetensors (atomically), with `meta` as JSON in the file's metadata."""
-        tensors = {"residual": self.residual.detach().cpu().clone()}  # clones: scores built by hand may share storage
+        tensors = {"residual": self.residual}
         for name, per_layer in (("attention", self.attention), ("ffn", self.ffn)):
-            for layer, tensor in enumerate(per_layer):
-                tensors[f"{name}.{layer}"] = tensor.detach().cpu().clone()
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"upvit_meta": json.dumps(self.meta)})
+            tensors.update({f"{name}.{layer}": tensor for layer, tensor in enumerate(per_layer)})
+        save_scores_file(path, tensors, self.meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ImportanceScores:
-        if not os.path.isfile(path):
-            raise ValueError(f"scores file {str(path)!r} does not exist")
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("upvit_meta", "{}"))
-        tensors = load_file(str(path))
+        tensors, meta = load_scores_file(path)
         if "residual" not in tensors:
             raise ValueError(f"{str(path)!r} is not an upvit scores file (no 'residual' tensor)")
         num_layers = sum(1 for key in tensors if key.startswith("ffn."))
@@ -125,19 +134,11 @@ class BlockScores:
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as safetensors (atomically), with `meta` as JSON in the file's metadata."""
-        tensors = {"block": self.block.detach().cpu().contiguous(), "hybrid": self.hybrid.detach().cpu().contiguous()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"upvit_meta": json.dumps(self.meta)})
+        save_scores_file(path, {"block": self.block, "hybrid": self.hybrid}, self.meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BlockScores:
-        if not os.path.isfile(path):
-            raise ValueError(f"scores file {str(path)!r} does not exist")
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("upvit_meta", "{}"))
-        tensors = load_file(str(path))
+        tensors, meta = load_scores_file(path)
         if "block" not in tensors or "hybrid" not in tensors:
             raise ValueError(f"{str(path)!r} is not an upvit block scores file (no 'block'/'hybrid' tensors)")
         return cls(block=tensors["block"], hybrid=tensors["hybrid"], meta=meta)

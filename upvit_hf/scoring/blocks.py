@@ -20,7 +20,7 @@ import torch
 
 from ..adapters import ModelAdapter
 from ..scores import BlockScores
-from .exact import eval_mode, log_probs, prepare_inputs, stacked_kl
+from .exact import ProxyPass, log_probs, stacked_kl
 
 
 def branch_evaluations(num_layers: int) -> tuple[int, int]:
@@ -39,27 +39,14 @@ class BlockKLScorer:
     """
 
     def __init__(self, adapter: ModelAdapter, variants_per_pass: int = 8, show_progress: bool = True):
-        if variants_per_pass < 1:
-            raise ValueError(f"variants_per_pass must be >= 1, got {variants_per_pass}")
-        adapter.check_scorable()
-        self.adapter = adapter
-        self.variants_per_pass = variants_per_pass
-        self.show_progress = show_progress
+        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress)
+        self.adapter, self.variants_per_pass = adapter, variants_per_pass
 
     def score(self, proxy: Iterable[Mapping[str, Any]]) -> BlockScores:
-        from transformers.utils.logging import tqdm
-
         num_layers = self.adapter.widths.num_hidden_layers
         units = torch.zeros(2 * num_layers - 1, dtype=torch.float64)
-        total = units.numel() * len(proxy) if hasattr(proxy, "__len__") else None
-        samples = 0
-        with torch.inference_mode(), eval_mode(self.adapter.model), tqdm(
-            total=total, unit="unit", desc=f"UP-ViTs block scores ({num_layers} blocks)", disable=not self.show_progress
-        ) as bar:
-            for batch in proxy:
-                samples += self._score_batch(prepare_inputs(batch, self.adapter), units, bar)
-        if samples == 0:
-            raise ValueError("the proxy set is empty: pass at least one batch of model inputs")
+        samples = self.proxy_pass.run(proxy, units.numel(), "unit", f"UP-ViTs block scores ({num_layers} blocks)",
+                                 lambda inputs, bar: self._score_batch(inputs, units, bar))
         return BlockScores(units[0::2].clone(), units[1::2].clone(), meta={"method": "kl", "proxy_size": samples})
 
     def _score_batch(self, inputs, units: torch.Tensor, bar) -> int:

@@ -53,6 +53,33 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+class ProxyPass:
+    """One pass over a proxy set as every KL scorer makes it: inference mode, the model in eval mode (and
+    given back as it came), inputs checked, a progress bar counting scored units, the samples counted."""
+
+    def __init__(self, adapter: ModelAdapter, variants_per_pass: int, show_progress: bool):
+        if variants_per_pass < 1:
+            raise ValueError(f"variants_per_pass must be >= 1, got {variants_per_pass}")
+        adapter.check_scorable()
+        self.adapter, self.show_progress = adapter, show_progress
+
+    def run(self, proxy: Iterable[Mapping[str, Any]], per_batch: int, unit: str, desc: str,
+            score_batch: Callable[[dict[str, torch.Tensor], Any], int]) -> int:
+        """Call `score_batch(inputs, bar)` on every batch; returns the number of samples scored."""
+        from transformers.utils.logging import tqdm
+
+        total = per_batch * len(proxy) if hasattr(proxy, "__len__") else None
+        samples = 0
+        with torch.inference_mode(), eval_mode(self.adapter.model), tqdm(
+            total=total, unit=unit, desc=desc, disable=not self.show_progress
+        ) as bar:
+            for batch in proxy:
+                samples += score_batch(prepare_inputs(batch, self.adapter), bar)
+        if samples == 0:
+            raise ValueError("the proxy set is empty: pass at least one batch of model inputs")
+        return samples
+
+
 class ExactKLScorer:
     """Scores all channels of all components in one pass over the proxy set.
 
@@ -60,31 +87,18 @@ class ExactKLScorer:
     """
 
     def __init__(self, adapter: ModelAdapter, variants_per_pass: int = 16, show_progress: bool = True):
-        if variants_per_pass < 1:
-            raise ValueError(f"variants_per_pass must be >= 1, got {variants_per_pass}")
-        adapter.check_scorable()
-        self.adapter = adapter
-        self.variants_per_pass = variants_per_pass
-        self.show_progress = show_progress
+        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress)
+        self.adapter, self.variants_per_pass = adapter, variants_per_pass
 
     def score(self, proxy: Iterable[Mapping[str, Any]]) -> ImportanceScores:
-        from transformers.utils.logging import tqdm
-
         widths = self.adapter.widths
         layers = range(widths.num_hidden_layers)
         residual = torch.zeros(widths.hidden_size, dtype=torch.float64)
         attention = [torch.zeros(widths.attention_width, dtype=torch.float64) for _ in layers]
         ffn = [torch.zeros(widths.intermediate_size, dtype=torch.float64) for _ in layers]
         per_batch = widths.hidden_size + widths.num_hidden_layers * (widths.attention_width + widths.intermediate_size)
-        total = per_batch * len(proxy) if hasattr(proxy, "__len__") else None
-        samples = 0
-        with torch.inference_mode(), eval_mode(self.adapter.model), tqdm(
-            total=total, unit="channel", desc="UP-ViTs KL scores", disable=not self.show_progress
-        ) as bar:
-            for batch in proxy:
-                samples += self._score_batch(prepare_inputs(batch, self.adapter), residual, attention, ffn, bar)
-        if samples == 0:
-            raise ValueError("the proxy set is empty: pass at least one batch of model inputs")
+        samples = self.proxy_pass.run(proxy, per_batch, "channel", "UP-ViTs KL scores",
+                                 lambda inputs, bar: self._score_batch(inputs, residual, attention, ffn, bar))
         return ImportanceScores(residual, attention, ffn, meta={"method": "kl", "proxy_size": samples})
 
     # ------------------------------------------------------------------ one proxy batch
