@@ -32,31 +32,19 @@ from transformers import (
 )
 from transformers.image_processing_base import ImageProcessingMixin
 
-from .datasets import load_any, train_eval_splits
 from ..distillation import DistillationTrainer, EMACallback
-
+from .common import DistillationDataArguments, DistillationModelArguments, load_any, train_eval_splits
 
 
 @dataclass
-class ModelArguments:
-    student: str = field(metadata={"help": "Pruned student: hub id or local folder."})
-    teacher: str = field(metadata={"help": "Unpruned teacher: hub id or local folder."})
-    alpha: float = field(default=1.0, metadata={"help": "Weight of the KL term."})
-    temperature: float = field(default=1.0, metadata={"help": "Distillation temperature (1 = the paper's form)."})
+class ModelArguments(DistillationModelArguments):
     ema_decay: float | None = field(default=None, metadata={"help": "Keep an EMA of the weights and save it."})
 
 
 @dataclass
-class DataArguments:
-    dataset: str = field(metadata={"help": "`datasets` name, `save_to_disk` folder or image folder."})
-    dataset_config: str | None = field(default=None, metadata={"help": "`datasets` configuration name."})
-    train_split: str = "train"
-    eval_split: str = field(default="validation", metadata={"help": "Split off from train when missing."})
-    eval_fraction: float = field(default=0.1, metadata={"help": "Held-out fraction when there is no eval split."})
+class DataArguments(DistillationDataArguments):
     image_column: str | None = field(default=None, metadata={"help": "Default: the first image column."})
     label_column: str = "label"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
     crop_min_scale: float = field(default=0.08, metadata={"help": "RandomResizedCrop minimum area fraction."})
     crop_pct: float = field(default=0.875, metadata={"help": "Eval: resize to size / crop_pct, center crop."})
     cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix Beta(alpha, alpha); 0 disables CutMix."})

@@ -28,31 +28,20 @@ from transformers import (
     set_seed,
 )
 
-from .datasets import load_any, train_eval_splits
 from ..distillation import DistillationTrainer
-
+from .common import DistillationDataArguments, DistillationModelArguments, load_any, train_eval_splits
 
 
 @dataclass
-class ModelArguments:
-    student: str = field(metadata={"help": "Pruned student: hub id or local folder."})
-    teacher: str = field(metadata={"help": "Unpruned teacher: hub id or local folder."})
+class ModelArguments(DistillationModelArguments):
     tokenizer: str | None = field(default=None, metadata={"help": "Default: the teacher's tokenizer."})
-    alpha: float = field(default=1.0, metadata={"help": "Weight of the KL term."})
-    temperature: float = field(default=1.0, metadata={"help": "Distillation temperature (1 = the paper's form)."})
 
 
 @dataclass
-class DataArguments:
-    dataset: str = field(metadata={"help": "`datasets` name, `save_to_disk` folder or folder of text files."})
-    dataset_config: str | None = field(default=None, metadata={"help": "`datasets` configuration name."})
-    text_column: str = "text"
-    train_split: str = "train"
-    eval_split: str = field(default="validation", metadata={"help": "Split off from train when missing."})
+class DataArguments(DistillationDataArguments):
     eval_fraction: float = field(default=0.05, metadata={"help": "Held-out fraction when there is no eval split."})
+    text_column: str = "text"
     block_size: int | None = field(default=None, metadata={"help": "Default: the model's context length (<= 1024)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training blocks."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluation blocks."})
     preprocessing_num_workers: int | None = None
 
 
