@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from tiny import deit_config, gpt2_config, image_batches, randomize, randomize_gpt2, token_batches, vit_config
+from tiny import deit_config, gpt2_config, image_batches, randomize, token_batches, vit_config
 from torch import nn
 from transformers import (
     DeiTForImageClassificationWithTeacher,
@@ -44,7 +44,7 @@ class Family:
     def model(self, num_layers: int = 3, **overrides) -> nn.Module:
         key = "n_layer" if self.language_model else "num_hidden_layers"
         model = self.cls(self.make_config(**{key: num_layers, **overrides}))
-        return randomize_gpt2(model) if self.language_model else randomize(model)
+        return randomize(model) if self.language_model else randomize(model)
 
     def batches(self, config):
         return token_batches(config) if self.language_model else image_batches(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,8 +15,14 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from huggingface_hub import ModelCard
 from PIL import Image as PILImage
-from tiny import randomize, vit_config
-from transformers import AutoModelForImageClassification, ViTForImageClassification, ViTImageProcessor
+from tiny import gpt2_config, randomize, tiny_tokenizer, vit_config, word_corpus
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    GPT2LMHeadModel,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
 
 from upvit_hf import ImportanceScores
 from upvit_hf.cli import main
@@ -142,3 +149,29 @@ def test_every_subcommand_has_help_with_an_example(capsys):
         assert "example" in capsys.readouterr().out
     main(["distill", "--help"])
     assert "examples:" in capsys.readouterr().out
+
+
+def test_language_model_score_prune_evaluate(tmp_path):
+    tokenizer = tiny_tokenizer()
+    randomize(GPT2LMHeadModel(gpt2_config(vocab_size=len(tokenizer), n_head=4))).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    (tmp_path / "train.txt").write_text(word_corpus(seed=0))
+    (tmp_path / "test.txt").write_text(word_corpus(seed=1))
+    upvit("prune", "--model", tmp_path / "lm", "--dataset", tmp_path / "train.txt", "--proxy-size", 4, "--seq-len", 8,
+          "--batch-size", 2, "--ratio", 0.5, "--output", tmp_path / "half")
+    half = AutoModelForCausalLM.from_pretrained(tmp_path / "half")
+    assert (half.config.n_embd, half.config.n_head) == (4, 2) and half.lm_head.weight is half.transformer.wte.weight
+    assert (tmp_path / "half" / "tokenizer.json").exists()
+
+    upvit("evaluate", "--model", tmp_path / "half", "--dataset", tmp_path / "test.txt", "--max-length", 12,
+          "--stride", 12, "--output", tmp_path / "eval.json")
+    report = json.loads((tmp_path / "eval.json").read_text())
+    ids = tokenizer(word_corpus(seed=1), return_tensors="pt")["input_ids"][0]
+    nll, count = 0.0, 0
+    with torch.no_grad():  # non-overlapping windows of 12: each window's first token has no context
+        for window in ids.split(12):
+            logits = half(input_ids=window[None]).logits[0, :-1]
+            nll += float(torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum"))
+            count += len(window) - 1
+    assert report["metrics"]["num_tokens"] == count
+    assert report["metrics"]["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)

@@ -16,6 +16,22 @@ VISION_ROWS = {"teacher", "up_pruned", "up_distilled", "scratch", "magnitude_pru
 LANGUAGE_ROWS = {"teacher", "up_pruned", "up_distilled", "scratch", "magnitude_distilled", "random_distilled"}
 
 
+def test_word_tokenizer_keeps_ptb_words_and_contiguous_ids() -> None:
+    """Fast check of the tokenizer alone: "<unk>" occurring in the text must not leave a gap in the ids
+    (an id equal to the vocabulary size crashes the embedding only when that batch is drawn)."""
+    from upvit_hf.demo.data import build_word_tokenizer, encode_lines
+
+    lines = ["the u.s. does n't <unk> it", "the dow 's <unk> N"]
+    tokenizer = build_word_tokenizer(lines)
+    assert sorted(tokenizer.get_vocab().values()) == list(range(len(tokenizer)))
+    assert tokenizer.unk_token_id == 0 and tokenizer.eos_token_id == 1
+    ids = encode_lines(tokenizer, lines + ["unseen word"])
+    words = tokenizer.convert_ids_to_tokens(ids.tolist())
+    assert words[:7] == ["the", "u.s.", "does", "n't", "<unk>", "it", "<eos>"]
+    assert words[-3:] == ["<unk>", "<unk>", "<eos>"]
+    assert int(ids.max()) < len(tokenizer)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     out = tmp_path_factory.mktemp("demo")

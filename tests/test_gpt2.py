@@ -19,13 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import gpt2_config, randomize_gpt2, token_batches
+from tiny import gpt2_config, randomize, tiny_tokenizer, token_batches, word_corpus
 from transformers import (
     AutoModelForCausalLM,
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
     GPT2Model,
-    PreTrainedTokenizerFast,
 )
 
 from upvit_hf import ImportanceScores, PruningTarget, UPPruner
@@ -151,7 +150,7 @@ def assert_scores_close(scores, reference, rtol):
 def test_reference_forward_is_gpt2():
     for kind, cls in (("lm", GPT2LMHeadModel), ("cls", GPT2ForSequenceClassification)):
         config = gpt2_config(scale_attn_by_inverse_layer_idx=True)
-        model = randomize_gpt2(cls(config)).double()
+        model = randomize(cls(config)).double()
         for batch in token_batches(config):
             with torch.no_grad():
                 torch.testing.assert_close(forward(state_of(model), config, batch, original_scales(config), kind),
@@ -162,7 +161,7 @@ def test_reference_forward_is_gpt2():
 @pytest.mark.parametrize("cls", [GPT2LMHeadModel, GPT2ForSequenceClassification, GPT2Model])
 def test_adapter_pieces_compose_to_the_model(cls, attn):
     config = gpt2_config(attn_implementation=attn)
-    model = randomize_gpt2(cls(config))
+    model = randomize(cls(config))
     adapter = adapter_for(model)
     batches = token_batches(config)
     first = batches[0]
@@ -186,7 +185,7 @@ def test_adapter_pieces_compose_to_the_model(cls, attn):
 
 def test_depth_contract_and_layer_index_scale():
     config = gpt2_config(n_layer=3, scale_attn_by_inverse_layer_idx=True)
-    model = randomize_gpt2(GPT2LMHeadModel(config)).double()
+    model = randomize(GPT2LMHeadModel(config)).double()
     adapter = adapter_for(model)
     assert adapter.block_prefix(2) == "transformer.h.2."
     assert adapter.blocks() is model.transformer.h
@@ -195,7 +194,7 @@ def test_depth_contract_and_layer_index_scale():
     halves = [{k for k in block if k[len("transformer.h.1."):].startswith(p)} for p in adapter.half_block_prefixes]
     assert halves[0] | halves[1] == block and not halves[0] & halves[1]
     assert adapter.layer_index_scale(2, 0) == pytest.approx(1 / 3)
-    assert adapter_for(randomize_gpt2(GPT2LMHeadModel(gpt2_config()))).layer_index_scale(2, 0) == 1.0
+    assert adapter_for(randomize(GPT2LMHeadModel(gpt2_config()))).layer_index_scale(2, 0) == 1.0
 
     # Drop block 0 by hand: blocks 1, 2 move to indices 0, 1 and keep their attention scale when the
     # factor is folded into their query columns.
@@ -231,7 +230,7 @@ SCORE_CASES = [
 
 @pytest.mark.parametrize("cls, kind, overrides", SCORE_CASES)
 def test_float64_scores_equal_physical_removal(cls, kind, overrides):
-    model = randomize_gpt2(cls(gpt2_config(**overrides))).double()
+    model = randomize(cls(gpt2_config(**overrides))).double()
     batches = token_batches(model.config)
     scores = UPPruner(model).score(batches, variants_per_pass=5, show_progress=False)
     assert scores.meta["proxy_size"] == 5
@@ -239,7 +238,7 @@ def test_float64_scores_equal_physical_removal(cls, kind, overrides):
 
 
 def test_float32_scores_match_float64_reference():
-    model = randomize_gpt2(GPT2LMHeadModel(gpt2_config()))
+    model = randomize(GPT2LMHeadModel(gpt2_config()))
     batches = token_batches(model.config)
     scores = UPPruner(model).score(batches, variants_per_pass=7, show_progress=False)
     assert_scores_close(scores, reference_scores(model, batches, "lm"), rtol=1e-3)
@@ -249,7 +248,7 @@ def test_float32_scores_match_float64_reference():
 def test_logit_budget_chunking_does_not_change_scores(cls, budgets, monkeypatch):
     """Readout in groups of whole variants (budget 7 samples: 2 variants of 3 samples), and in slices of one
     variant's samples (budget 1 or 2 samples: uneven slices), as for a language model's large logits."""
-    model = randomize_gpt2(cls(gpt2_config(n_layer=1))).double()
+    model = randomize(cls(gpt2_config(n_layer=1))).double()
     batches = token_batches(model.config, lengths=((6, 4, 5),))
     want = UPPruner(model).score(batches, variants_per_pass=5, show_progress=False)
     per_sample = 6 * model.config.vocab_size if cls is GPT2LMHeadModel else model.config.num_labels
@@ -302,7 +301,7 @@ def physically_reduced_state(model, scores, hidden, head_dim, inner):
 ], ids=["default", "inverse-layer-idx-eager", "unscaled"])
 def test_pruning_without_merging_equals_physical_removal(cls, kind, overrides):
     # Stock GPT-2 has head_dim = n_embd // n_head: keeping both heads, 8 → 6 wide means 4 → 3 dims a head.
-    model = randomize_gpt2(cls(gpt2_config(**overrides))).double()
+    model = randomize(cls(gpt2_config(**overrides))).double()
     scores = random_scores(model.config)
     small = UPPruner(model).prune(PruningTarget(hidden_size=6, num_attention_heads=2, intermediate_size=7), scores)
     assert type(small) is cls
@@ -319,7 +318,7 @@ def test_pruning_without_merging_equals_physical_removal(cls, kind, overrides):
 
 @pytest.mark.parametrize("scaled", [True, False])
 def test_merged_heads_hold_the_top_dims_of_their_group(scaled):
-    model = randomize_gpt2(GPT2LMHeadModel(gpt2_config(n_head=4, scale_attn_weights=scaled)))
+    model = randomize(GPT2LMHeadModel(gpt2_config(n_head=4, scale_attn_weights=scaled)))
     scores = random_scores(model.config, seed=3)
     small = UPPruner(model).prune(PruningTarget(hidden_size=6, num_attention_heads=2, intermediate_size=12), scores)
     assert (small.config.n_head, small.config.n_embd) == (2, 6)
@@ -353,7 +352,7 @@ FRESH_LOAD = textwrap.dedent("""
 
 
 def test_pruned_model_reloads_in_a_fresh_interpreter_with_the_tie(tmp_path):
-    model = randomize_gpt2(GPT2LMHeadModel(gpt2_config(n_head=4, scale_attn_by_inverse_layer_idx=True)))
+    model = randomize(GPT2LMHeadModel(gpt2_config(n_head=4, scale_attn_by_inverse_layer_idx=True)))
     small = UPPruner(model).prune(PruningTarget(hidden_size=6, num_attention_heads=2, intermediate_size=9),
                                   random_scores(model.config))
     assert small.lm_head.weight.data_ptr() == small.transformer.wte.weight.data_ptr()
@@ -380,7 +379,7 @@ def test_pruned_model_reloads_in_a_fresh_interpreter_with_the_tie(tmp_path):
 
 @pytest.mark.parametrize("cls", [GPT2LMHeadModel, GPT2Model, GPT2ForSequenceClassification])
 def test_models_prune_to_their_class(cls):
-    model = randomize_gpt2(cls(gpt2_config(n_head=4)))
+    model = randomize(cls(gpt2_config(n_head=4)))
     small = UPPruner(model).prune(PruningTarget(4, 2, 5), random_scores(model.config))
     assert type(small) is cls and (small.config.n_embd, small.config.n_head, small.config.n_inner) == (4, 2, 5)
     assert small.config.upvit_pruning["original"]["hidden_size"] == 8
@@ -389,7 +388,7 @@ def test_models_prune_to_their_class(cls):
 
 
 def test_magnitude_scores_count_the_tied_embedding_once():
-    model = randomize_gpt2(GPT2LMHeadModel(gpt2_config()))
+    model = randomize(GPT2LMHeadModel(gpt2_config()))
     scores = UPPruner(model).score(method="magnitude")
     state = model.state_dict()
     want = sum(state[k].double().abs().sum(1 - residual_axis(k)) if state[k].dim() == 2 else state[k].double().abs()
@@ -400,7 +399,7 @@ def test_magnitude_scores_count_the_tied_embedding_once():
 # ------------------------------------------------------------------------------ bad input
 @pytest.fixture(scope="module")
 def gpt2():
-    return randomize_gpt2(GPT2LMHeadModel(gpt2_config(n_head=4)))
+    return randomize(GPT2LMHeadModel(gpt2_config(n_head=4)))
 
 
 @pytest.mark.parametrize("target, message", [
@@ -426,31 +425,15 @@ def test_unscorable_and_unsupported_gpt2_models_raise(gpt2):
 
 
 # ------------------------------------------------------------------------------ examples/prune_gpt2.py
-WORDS = "the cat dog sat ran on a mat log and it was big small red blue".split()
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<eos>", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>",
-                                   model_max_length=12)
-
-
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpt2") / "tiny-gpt2"
     tokenizer = tiny_tokenizer()
     config = gpt2_config(vocab_size=len(tokenizer), n_head=4)
-    randomize_gpt2(GPT2LMHeadModel(config)).save_pretrained(folder)
+    randomize(GPT2LMHeadModel(config)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     text = folder.parent / "corpus.txt"
-    g = torch.Generator().manual_seed(0)
-    lines = [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (int(n),), generator=g))
-             for n in torch.randint(0, 9, (40,), generator=g)]
-    text.write_text("\n".join(lines) + "\n")
+    text.write_text(word_corpus())
     return folder, text
 
 

@@ -9,13 +9,11 @@ from transformers import DeiTConfig, ViTConfig
 def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
     """Weights large enough that outputs depend visibly on every channel; LayerNorm affine ≠ (1, 0)."""
     generator = torch.Generator().manual_seed(seed)
+    norm_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             noise = torch.randn(param.shape, generator=generator, dtype=param.dtype)
-            if "norm" in name and name.endswith("weight"):
-                param.copy_(1 + 0.4 * noise)
-            else:
-                param.copy_(std * noise)
+            param.copy_(1 + 0.4 * noise if id(param) in norm_weights else std * noise)
     return model.eval()
 
 
@@ -54,15 +52,28 @@ def gpt2_config(**overrides):
     return GPT2Config(**params)
 
 
-def randomize_gpt2(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
-    """`randomize`, with GPT-2's LayerNorms (`ln_1`, `ln_2`, `ln_f`) given weights around 1."""
-    randomize(model, seed, std)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".ln_" in name and name.endswith("weight"):
-                param.copy_(1 + 0.4 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
-    return model
+
+WORDS = "the cat dog sat ran on a mat log and it was big small red blue".split()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over `WORDS` (pad 0, unk 1, eos 2), as a stock PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<eos>", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>",
+                                   model_max_length=12)
+
+
+def word_corpus(n_lines: int = 40, seed: int = 0) -> str:
+    """Random lines of `WORDS`, some empty."""
+    g = torch.Generator().manual_seed(seed)
+    lines = [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (int(n),), generator=g))
+             for n in torch.randint(0, 9, (n_lines,), generator=g)]
+    return "\n".join(lines) + "\n"
 
 
 def token_batches(config, lengths=((6, 4, 5), (6, 6)), seed=1) -> list[dict[str, torch.Tensor]]:
