@@ -7,10 +7,10 @@ heaviest kind (all 24 branches run on the stacked variants, masked LayerNorms, a
 readout), so their peak bounds the whole run. Run it once per setting (peak RSS is per process):
 
     python benchmarks/gpt2_scoring_memory.py --batch-size 1 --variants-per-pass 16
-    python benchmarks/gpt2_scoring_memory.py --batch-size 1 --variants-per-pass 16 --budget 0   # old readout
+    python benchmarks/gpt2_scoring_memory.py --batch-size 4 --variants-per-pass 4 --budget 0   # no slicing
 
-`--budget 0` emulates the previous readout grouping (whole variants only, at least one per group) to
-compare against; on a CUDA device the peak of allocated GPU memory is reported as well.
+`--budget 0` reads out whole variants only (all samples of a variant at once), to show what slicing a
+variant's samples saves; on a CUDA device the peak of allocated GPU memory is reported as well.
 """
 
 from __future__ import annotations
