@@ -1,0 +1,145 @@
+"""Language half of the demo: a small GPT-2 on word-level Penn Treebank, UP-pruned to half its width.
+
+Same protocol as the vision half on one seed (a language run costs several vision seeds): train the teacher,
+score (KL summed over every token of a proxy set of training windows, magnitude, random), cut to the same
+widths, distil each for the same steps, and train the same architecture from random init with the same recipe.
+Perplexity is on the whole Penn Treebank test split, in windows of `block_size` tokens (`eval_stride` apart).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, set_seed
+
+from .. import PruningTarget, UPPruner
+from ..evaluation import sliding_window_perplexity
+from ..proxy import text_proxy
+from ..record import RECORD_KEY
+from .data import TreebankSplits, lm_blocks, load_treebank
+from .export import save_and_reload
+from .measure import measure_cost
+from .progress import Stages
+from .recipe import LanguageRecipe, as_dict
+from .rows import METHOD_NAMES, PRUNING_METHODS, ROW_LABELS, make_row
+from .training import train
+
+STAGES = 2 + len(PRUNING_METHODS) + 1 + 2  # teacher, scoring, methods, scratch, costs, save
+
+
+def teacher_config(recipe: LanguageRecipe, data: TreebankSplits) -> GPT2Config:
+    eos = data.tokenizer.eos_token_id
+    return GPT2Config(
+        vocab_size=len(data.tokenizer), n_positions=recipe.block_size, n_embd=recipe.n_embd,
+        n_layer=recipe.n_layer, n_head=recipe.n_head, n_inner=recipe.n_inner,
+        resid_pdrop=recipe.dropout, embd_pdrop=recipe.dropout, attn_pdrop=recipe.dropout,
+        bos_token_id=eos, eos_token_id=eos,  # no pad id: blocks are never padded, and <eos> is real text
+    )
+
+
+def scratch_copy(pruned: GPT2LMHeadModel, seed: int) -> GPT2LMHeadModel:
+    """The pruned architecture with fresh random weights (and no pruning record)."""
+    config = copy.deepcopy(pruned.config)
+    if hasattr(config, RECORD_KEY):
+        delattr(config, RECORD_KEY)
+    set_seed(seed)
+    return type(pruned)(config)
+
+
+def perplexity(model: GPT2LMHeadModel, test: torch.Tensor, recipe: LanguageRecipe) -> float:
+    return sliding_window_perplexity(model, test, max_length=recipe.block_size, stride=recipe.eval_stride,
+                                     batch_size=32, progress=False).perplexity
+
+
+def run_language(output_dir: Path, recipe: LanguageRecipe, show_progress: bool = True) -> dict[str, Any]:
+    """Teacher, pruned students and scratch baseline on one seed; costs, save and reload."""
+    stages = Stages("language (GPT-2 on Penn Treebank)", STAGES, show_progress)
+    data = load_treebank()
+    test = data.test if recipe.max_test_tokens is None else data.test[: recipe.max_test_tokens]
+    train_set = lm_blocks(data.train, recipe.block_size)
+    seed = recipe.seed
+    ppl: dict[str, float] = {}
+    notes: dict[str, Any] = {}
+
+    with stages("train teacher"):
+        set_seed(seed)
+        teacher = GPT2LMHeadModel(teacher_config(recipe, data))
+        notes["teacher"] = train(teacher, train_set, recipe.teacher, seed).__dict__
+        ppl["teacher"] = perplexity(teacher, test, recipe)
+    pruner = UPPruner(teacher)
+    with stages("score channels"):
+        proxy = text_proxy(data.train, size=recipe.proxy_sequences, seq_len=recipe.proxy_length, seed=seed,
+                           batch_size=recipe.proxy_sequences)
+        scores = {
+            prefix: pruner.score(proxy, method=method, seed=seed, variants_per_pass=16, show_progress=False)
+            for prefix, method in PRUNING_METHODS.items()
+        }
+    target = PruningTarget.from_ratio(teacher.config, recipe.width_ratio)
+    students: dict[str, GPT2LMHeadModel] = {}
+    for prefix, method_scores in scores.items():
+        with stages(f"{METHOD_NAMES[prefix]}-prune + distil"):
+            student = pruner.prune(target, method_scores)
+            ppl[f"{prefix}_pruned"] = perplexity(student, test, recipe)
+            notes[f"{prefix}_distilled"] = train(student, train_set, recipe.student, seed, teacher=teacher,
+                                                 alpha=recipe.alpha, temperature=recipe.temperature).__dict__
+            ppl[f"{prefix}_distilled"] = perplexity(student, test, recipe)
+            students[prefix] = student
+    with stages("scratch + distil"):
+        scratch = scratch_copy(students["up"], seed)
+        notes["scratch"] = train(scratch, train_set, recipe.student, seed, teacher=teacher,
+                                 alpha=recipe.alpha, temperature=recipe.temperature).__dict__
+        ppl["scratch"] = perplexity(scratch, test, recipe)
+
+    student = students["up"]
+    with stages("measure params / FLOPs / throughput"):
+        costs = {arch: measure_cost(model, batch_size=recipe.throughput_batch, seq_len=recipe.block_size)
+                 for arch, model in (("teacher", teacher), ("pruned", student))}
+    with stages("save + reload"):
+        root = Path(output_dir)
+        sample = data.tokenizer.decode(data.test[: recipe.block_size])
+
+        def tokens(tokenizer: Any) -> dict[str, torch.Tensor]:
+            return {"input_ids": tokenizer(sample, return_tensors="pt", add_special_tokens=False)["input_ids"]}
+
+        saved = {
+            name: save_and_reload(model, data.tokenizer, root / "language" / folder,
+                                  AutoModelForCausalLM.from_pretrained, AutoTokenizer.from_pretrained, tokens, root)
+            for name, model, folder in (("teacher", teacher, "teacher-gpt2-ptb"),
+                                        ("up_distilled", student, "up-gpt2-ptb"))
+        }
+    stages.close()
+
+    rows = [make_row(key, costs["teacher" if key == "teacher" else "pruned"], "perplexity", [ppl[key]])
+            for key in ROW_LABELS]
+    return {
+        "task": "Penn Treebank word-level language modelling (treebank package, 10k-word vocabulary)",
+        "metric": "perplexity",
+        "higher_is_better": False,
+        "setup": {
+            "recipe": as_dict(recipe),
+            "train_tokens": len(data.train),
+            "test_tokens_scored": len(test) - 1,
+            "test_tokens_total": len(data.test),
+            "vocab_size": len(data.tokenizer),
+            "teacher_widths": _widths(teacher),
+            "pruned_widths": _widths(student),
+            "flops_ratio": costs["pruned"].flops / costs["teacher"].flops,
+            "flops_per": f"sequence of {recipe.block_size} tokens",
+            "scratch_recipe": "same architecture, random init, same steps and CE + alpha*T^2*KL loss as the "
+                              "pruned students",
+        },
+        "rows": rows,
+        "training": notes,
+        "saved_models": saved,
+        "stage_seconds": stages.seconds,
+    }
+
+
+def _widths(model: GPT2LMHeadModel) -> dict[str, int]:
+    config = model.config
+    return {"hidden_size": config.n_embd, "num_attention_heads": config.n_head,
+            "head_dim": config.n_embd // config.n_head, "intermediate_size": config.n_inner,
+            "num_hidden_layers": config.n_layer}

@@ -1,0 +1,161 @@
+"""Vision half of the demo: a small ViT on 8×8 digits, UP-pruned to about a quarter of its FLOPs.
+
+Per seed: train the teacher, score its channels (KL on a proxy subset of the training split, magnitude,
+random), cut each to the same widths and distil each for the same steps; also train the same architecture
+from random init with the same recipe. Accuracy is on the fixed held-out test split.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    set_seed,
+)
+
+from .. import PruningTarget, UPPruner
+from ..evaluation import evaluate_accuracy
+from ..proxy import image_proxy
+from ..record import RECORD_KEY
+from .data import DigitsSplits, TensorDictDataset, load_digit_splits
+from .export import save_and_reload
+from .measure import measure_cost
+from .progress import Stages
+from .recipe import VisionRecipe, as_dict
+from .rows import METHOD_NAMES, PRUNING_METHODS, ROW_LABELS, make_row
+from .training import train
+
+STAGES_PER_SEED = 2 + len(PRUNING_METHODS) + 1  # teacher, scoring, one per pruning method, scratch
+
+
+def teacher_config(recipe: VisionRecipe) -> ViTConfig:
+    return ViTConfig(
+        image_size=8, patch_size=recipe.patch_size, num_channels=1, num_labels=10,
+        hidden_size=recipe.hidden_size, num_hidden_layers=recipe.num_hidden_layers,
+        num_attention_heads=recipe.num_attention_heads, intermediate_size=recipe.intermediate_size,
+        id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)},
+    )
+
+
+def scratch_copy(pruned: ViTForImageClassification, seed: int) -> ViTForImageClassification:
+    """The pruned architecture with fresh random weights (and no pruning record: it was never pruned)."""
+    config = copy.deepcopy(pruned.config)
+    if hasattr(config, RECORD_KEY):
+        delattr(config, RECORD_KEY)
+    set_seed(seed)
+    return type(pruned)(config)
+
+
+def accuracy(model: ViTForImageClassification, splits: DigitsSplits) -> float:
+    return evaluate_accuracy(model, splits.test, splits.processor, top_k=(1,), batch_size=512, progress=False)["top1"]
+
+
+def run_seed(recipe: VisionRecipe, splits: DigitsSplits, train_set: TensorDictDataset, seed: int,
+             stages: Stages) -> tuple[dict[str, float], dict[str, Any], ViTForImageClassification,
+                                      ViTForImageClassification]:
+    """Accuracies of every row for one seed, training notes, the teacher and the UP-distilled student."""
+    acc: dict[str, float] = {}
+    notes: dict[str, Any] = {}
+    with stages(f"seed {seed}: train teacher"):
+        set_seed(seed)
+        teacher = ViTForImageClassification(teacher_config(recipe))
+        notes["teacher"] = train(teacher, train_set, recipe.teacher, seed).__dict__
+        acc["teacher"] = accuracy(teacher, splits)
+    pruner = UPPruner(teacher)
+    with stages(f"seed {seed}: score channels"):
+        proxy = image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, image_mode="L")
+        scores = {
+            prefix: pruner.score(proxy, method=method, seed=seed, variants_per_pass=32, show_progress=False)
+            for prefix, method in PRUNING_METHODS.items()
+        }
+    target = PruningTarget.from_ratio(teacher.config, recipe.width_ratio)
+    students: dict[str, ViTForImageClassification] = {}
+    for prefix, method_scores in scores.items():
+        with stages(f"seed {seed}: {METHOD_NAMES[prefix]}-prune + distil"):
+            student = pruner.prune(target, method_scores)
+            acc[f"{prefix}_pruned"] = accuracy(student, splits)
+            notes[f"{prefix}_distilled"] = train(student, train_set, recipe.student, seed, teacher=teacher,
+                                                 alpha=recipe.alpha, temperature=recipe.temperature).__dict__
+            acc[f"{prefix}_distilled"] = accuracy(student, splits)
+            students[prefix] = student
+    with stages(f"seed {seed}: scratch + distil"):
+        scratch = scratch_copy(students["up"], seed)
+        notes["scratch"] = train(scratch, train_set, recipe.student, seed, teacher=teacher,
+                                 alpha=recipe.alpha, temperature=recipe.temperature).__dict__
+        acc["scratch"] = accuracy(scratch, splits)
+    return acc, notes, teacher, students["up"]
+
+
+def run_vision(output_dir: Path, recipe: VisionRecipe, show_progress: bool = True) -> dict[str, Any]:
+    """Run every seed, measure both architectures, save and reload the first seed's models."""
+    stages = Stages("vision (ViT on digits)", STAGES_PER_SEED * len(recipe.seeds) + 2, show_progress)
+    splits = load_digit_splits()
+    train_set = TensorDictDataset(
+        pixel_values=splits.pixel_values(splits.train), labels=torch.tensor(splits.train["label"])
+    )
+    per_seed: list[dict[str, float]] = []
+    notes: list[dict[str, Any]] = []
+    first: tuple[ViTForImageClassification, ViTForImageClassification] | None = None
+    for seed in recipe.seeds:
+        acc, seed_notes, teacher, student = run_seed(recipe, splits, train_set, seed, stages)
+        per_seed.append(acc)
+        notes.append({"seed": seed, **seed_notes})
+        first = first or (teacher, student)
+    teacher, student = first
+
+    with stages("measure params / FLOPs / throughput"):
+        costs = {arch: measure_cost(model, batch_size=recipe.throughput_batch)
+                 for arch, model in (("teacher", teacher), ("pruned", student))}
+    with stages("save + reload"):
+        root = Path(output_dir)
+        test_images = list(splits.test["image"])[:64]
+
+        def pixels(processor: Any) -> dict[str, torch.Tensor]:
+            return {"pixel_values": processor(images=test_images, return_tensors="pt")["pixel_values"]}
+
+        saved = {
+            name: save_and_reload(model, splits.processor, root / "vision" / folder,
+                                  AutoModelForImageClassification.from_pretrained,
+                                  AutoImageProcessor.from_pretrained, pixels, root)
+            for name, model, folder in (("teacher", teacher, "teacher-vit-digits"),
+                                        ("up_distilled", student, "up-vit-digits"))
+        }
+    stages.close()
+
+    rows = [
+        make_row(key, costs["teacher" if key == "teacher" else "pruned"], "accuracy", [acc[key] for acc in per_seed])
+        for key in ROW_LABELS
+    ]
+    return {
+        "task": "digits (scikit-learn load_digits, 8×8 greyscale, 10 classes)",
+        "metric": "accuracy",
+        "higher_is_better": True,
+        "setup": {
+            "recipe": as_dict(recipe),
+            "train_images": len(splits.train),
+            "test_images": len(splits.test),
+            "teacher_widths": _widths(teacher),
+            "pruned_widths": _widths(student),
+            "flops_ratio": costs["pruned"].flops / costs["teacher"].flops,
+            "scratch_recipe": "same architecture, random init, same steps and CE + alpha*T^2*KL loss as the "
+                              "pruned students",
+        },
+        "rows": rows,
+        "training": notes,
+        "saved_models": saved,
+        "stage_seconds": stages.seconds,
+    }
+
+
+def _widths(model: ViTForImageClassification) -> dict[str, int]:
+    config = model.config
+    return {"hidden_size": config.hidden_size, "num_attention_heads": config.num_attention_heads,
+            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+            "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_hidden_layers}
