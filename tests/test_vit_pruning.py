@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -253,3 +254,19 @@ def test_adapter_pieces_compose_to_the_model(cls, make_config):
         for branch in adapter.branches():
             hidden = branch(hidden, context)
         torch.testing.assert_close(adapter.readout(hidden, context), model(pixel_values=x).logits)
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    from upvit_hf.atomic import atomic_path
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "file.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_path(tmp_path / "folder", directory=True) as tmp:
+            (tmp / "inner.txt").write_text("y")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "file.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder"]

@@ -10,6 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _give_default_permissions(path: Path) -> None:
+    """mkstemp/mkdtemp create owner-only entries; outputs get what a plain open()/mkdir() would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; on success it replaces `path`, on error it is removed."""
@@ -24,6 +31,7 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         tmp = Path(name)
     try:
         yield tmp
+        _give_default_permissions(tmp)
         if directory and target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             target.rename(old)

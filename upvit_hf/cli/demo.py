@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 EXAMPLE = """examples:
-  upvit demo                        # about 15 minutes on 2 CPU cores; what `make demo` runs
-  upvit demo --quick --output-dir /tmp/demo   # a few minutes: checks the pipeline, numbers mean little
+  upvit demo                        # about 8 minutes on 2 CPU cores; what `make demo` runs
+  upvit demo --quick --output-dir /tmp/demo   # under a minute: checks the pipeline, numbers mean little
 """
 
 
