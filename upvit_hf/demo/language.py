@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, set_seed
 
 from .. import PruningTarget, UPPruner
+from ..adapters import adapter_for
 from ..evaluation import sliding_window_perplexity
 from ..proxy import text_proxy
 from ..record import RECORD_KEY
@@ -124,8 +125,8 @@ def run_language(output_dir: Path, recipe: LanguageRecipe, show_progress: bool =
             "test_tokens_scored": len(test) - 1,
             "test_tokens_total": len(data.test),
             "vocab_size": len(data.tokenizer),
-            "teacher_widths": _widths(teacher),
-            "pruned_widths": _widths(student),
+            "teacher_widths": adapter_for(teacher).widths.as_dict(),
+            "pruned_widths": adapter_for(student).widths.as_dict(),
             "flops_ratio": costs["pruned"].flops / costs["teacher"].flops,
             "flops_per": f"sequence of {recipe.block_size} tokens",
             "scratch_recipe": "same architecture, random init, same steps and CE + alpha*T^2*KL loss as the "
@@ -137,9 +138,3 @@ def run_language(output_dir: Path, recipe: LanguageRecipe, show_progress: bool =
         "stage_seconds": stages.seconds,
     }
 
-
-def _widths(model: GPT2LMHeadModel) -> dict[str, int]:
-    config = model.config
-    return {"hidden_size": config.n_embd, "num_attention_heads": config.n_head,
-            "head_dim": config.n_embd // config.n_head, "intermediate_size": config.n_inner,
-            "num_hidden_layers": config.n_layer}

@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from .. import PruningTarget, UPPruner
+from ..adapters import adapter_for
 from ..evaluation import evaluate_accuracy
 from ..proxy import image_proxy
 from ..record import RECORD_KEY
@@ -141,8 +142,8 @@ def run_vision(output_dir: Path, recipe: VisionRecipe, show_progress: bool = Tru
             "recipe": as_dict(recipe),
             "train_images": len(splits.train),
             "test_images": len(splits.test),
-            "teacher_widths": _widths(teacher),
-            "pruned_widths": _widths(student),
+            "teacher_widths": adapter_for(teacher).widths.as_dict(),
+            "pruned_widths": adapter_for(student).widths.as_dict(),
             "flops_ratio": costs["pruned"].flops / costs["teacher"].flops,
             "scratch_recipe": "same architecture, random init, same steps and CE + alpha*T^2*KL loss as the "
                               "pruned students",
@@ -153,9 +154,3 @@ def run_vision(output_dir: Path, recipe: VisionRecipe, show_progress: bool = Tru
         "stage_seconds": stages.seconds,
     }
 
-
-def _widths(model: ViTForImageClassification) -> dict[str, int]:
-    config = model.config
-    return {"hidden_size": config.hidden_size, "num_attention_heads": config.num_attention_heads,
-            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-            "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_hidden_layers}
