@@ -16,10 +16,11 @@ def register(subparsers) -> None:
     parser.add_argument("--output-dir", default="demo_output", help="where results and models go")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a pipeline check)")
     parser.add_argument("--seeds", type=int, nargs="+", help="vision seeds (default: 0 1 2; quick: 0)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the cores the machine's load leaves)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
     from ..demo import run_demo
 
-    run_demo(args.output_dir, quick=args.quick, seeds=args.seeds)
+    run_demo(args.output_dir, quick=args.quick, seeds=args.seeds, num_threads=args.threads)
