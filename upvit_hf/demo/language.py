@@ -8,27 +8,25 @@ Perplexity is on the whole Penn Treebank test split, in windows of `block_size` 
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from .. import PruningTarget, UPPruner
 from ..adapters import adapter_for
 from ..evaluation import sliding_window_perplexity
 from ..proxy import text_proxy
-from ..record import RECORD_KEY
 from .data import TreebankSplits, lm_blocks, load_treebank
 from .export import save_and_reload
 from .measure import measure_cost
 from .progress import Stages
+from .protocol import STAGES as COMPARISON_STAGES
+from .protocol import compare
 from .recipe import LanguageRecipe, as_dict
-from .rows import METHOD_NAMES, PRUNING_METHODS, ROW_LABELS, make_row
-from .training import train
+from .rows import ROW_LABELS, make_row
 
-STAGES = 2 + len(PRUNING_METHODS) + 1 + 2  # teacher, scoring, methods, scratch, costs, save
+STAGES = COMPARISON_STAGES + 2  # the comparison, costs, save
 
 
 def teacher_config(recipe: LanguageRecipe, data: TreebankSplits) -> GPT2Config:
@@ -40,14 +38,6 @@ def teacher_config(recipe: LanguageRecipe, data: TreebankSplits) -> GPT2Config:
         bos_token_id=eos, eos_token_id=eos,  # no pad id: blocks are never padded, and <eos> is real text
     )
 
-
-def scratch_copy(pruned: GPT2LMHeadModel, seed: int) -> GPT2LMHeadModel:
-    """The pruned architecture with fresh random weights (and no pruning record)."""
-    config = copy.deepcopy(pruned.config)
-    if hasattr(config, RECORD_KEY):
-        delattr(config, RECORD_KEY)
-    set_seed(seed)
-    return type(pruned)(config)
 
 
 def perplexity(model: GPT2LMHeadModel, test: torch.Tensor, recipe: LanguageRecipe) -> float:
@@ -62,39 +52,14 @@ def run_language(output_dir: Path, recipe: LanguageRecipe, show_progress: bool =
     test = data.test if recipe.max_test_tokens is None else data.test[: recipe.max_test_tokens]
     train_set = lm_blocks(data.train, recipe.block_size)
     seed = recipe.seed
-    ppl: dict[str, float] = {}
-    notes: dict[str, Any] = {}
-
-    with stages("train teacher"):
-        set_seed(seed)
-        teacher = GPT2LMHeadModel(teacher_config(recipe, data))
-        notes["teacher"] = train(teacher, train_set, recipe.teacher, seed).__dict__
-        ppl["teacher"] = perplexity(teacher, test, recipe)
-    pruner = UPPruner(teacher)
-    with stages("score channels"):
-        proxy = text_proxy(data.train, size=recipe.proxy_sequences, seq_len=recipe.proxy_length, seed=seed,
-                           batch_size=recipe.proxy_sequences)
-        scores = {
-            prefix: pruner.score(proxy, method=method, seed=seed, variants_per_pass=16, show_progress=False)
-            for prefix, method in PRUNING_METHODS.items()
-        }
-    target = PruningTarget.from_ratio(teacher.config, recipe.width_ratio)
-    students: dict[str, GPT2LMHeadModel] = {}
-    for prefix, method_scores in scores.items():
-        with stages(f"{METHOD_NAMES[prefix]}-prune + distil"):
-            student = pruner.prune(target, method_scores)
-            ppl[f"{prefix}_pruned"] = perplexity(student, test, recipe)
-            notes[f"{prefix}_distilled"] = train(student, train_set, recipe.student, seed, teacher=teacher,
-                                                 alpha=recipe.alpha, temperature=recipe.temperature).__dict__
-            ppl[f"{prefix}_distilled"] = perplexity(student, test, recipe)
-            students[prefix] = student
-    with stages("scratch + distil"):
-        scratch = scratch_copy(students["up"], seed)
-        notes["scratch"] = train(scratch, train_set, recipe.student, seed, teacher=teacher,
-                                 alpha=recipe.alpha, temperature=recipe.temperature).__dict__
-        ppl["scratch"] = perplexity(scratch, test, recipe)
-
-    student = students["up"]
+    ppl, notes, teacher, student = compare(
+        lambda: GPT2LMHeadModel(teacher_config(recipe, data)),
+        train_set,
+        lambda: text_proxy(data.train, size=recipe.proxy_sequences, seq_len=recipe.proxy_length, seed=seed,
+                           batch_size=recipe.proxy_sequences),
+        lambda model: perplexity(model, test, recipe),
+        recipe, seed, stages, variants_per_pass=16,
+    )
     with stages("measure params / FLOPs / throughput"):
         costs = {arch: measure_cost(model, batch_size=recipe.throughput_batch, seq_len=recipe.block_size)
                  for arch, model in (("teacher", teacher), ("pruned", student))}

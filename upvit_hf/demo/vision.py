@@ -7,7 +7,6 @@ from random init with the same recipe. Accuracy is on the fixed held-out test sp
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,20 @@ from transformers import (
     AutoModelForImageClassification,
     ViTConfig,
     ViTForImageClassification,
-    set_seed,
 )
 
-from .. import PruningTarget, UPPruner
 from ..adapters import adapter_for
 from ..evaluation import evaluate_accuracy
 from ..proxy import image_proxy
-from ..record import RECORD_KEY
 from .data import DigitsSplits, TensorDictDataset, load_digit_splits
 from .export import save_and_reload
 from .measure import measure_cost
 from .progress import Stages
+from .protocol import STAGES as COMPARISON_STAGES
+from .protocol import compare
 from .recipe import VisionRecipe, as_dict
-from .rows import METHOD_NAMES, PRUNING_METHODS, ROW_LABELS, make_row
-from .training import train
+from .rows import ROW_LABELS, make_row
 
-STAGES_PER_SEED = 2 + len(PRUNING_METHODS) + 1  # teacher, scoring, one per pruning method, scratch
 
 
 def teacher_config(recipe: VisionRecipe) -> ViTConfig:
@@ -45,58 +41,14 @@ def teacher_config(recipe: VisionRecipe) -> ViTConfig:
     )
 
 
-def scratch_copy(pruned: ViTForImageClassification, seed: int) -> ViTForImageClassification:
-    """The pruned architecture with fresh random weights (and no pruning record: it was never pruned)."""
-    config = copy.deepcopy(pruned.config)
-    if hasattr(config, RECORD_KEY):
-        delattr(config, RECORD_KEY)
-    set_seed(seed)
-    return type(pruned)(config)
-
 
 def accuracy(model: ViTForImageClassification, splits: DigitsSplits) -> float:
     return evaluate_accuracy(model, splits.test, splits.processor, top_k=(1,), batch_size=512, progress=False)["top1"]
 
 
-def run_seed(recipe: VisionRecipe, splits: DigitsSplits, train_set: TensorDictDataset, seed: int,
-             stages: Stages) -> tuple[dict[str, float], dict[str, Any], ViTForImageClassification,
-                                      ViTForImageClassification]:
-    """Accuracies of every row for one seed, training notes, the teacher and the UP-distilled student."""
-    acc: dict[str, float] = {}
-    notes: dict[str, Any] = {}
-    with stages(f"seed {seed}: train teacher"):
-        set_seed(seed)
-        teacher = ViTForImageClassification(teacher_config(recipe))
-        notes["teacher"] = train(teacher, train_set, recipe.teacher, seed).__dict__
-        acc["teacher"] = accuracy(teacher, splits)
-    pruner = UPPruner(teacher)
-    with stages(f"seed {seed}: score channels"):
-        proxy = image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, image_mode="L")
-        scores = {
-            prefix: pruner.score(proxy, method=method, seed=seed, variants_per_pass=32, show_progress=False)
-            for prefix, method in PRUNING_METHODS.items()
-        }
-    target = PruningTarget.from_ratio(teacher.config, recipe.width_ratio)
-    students: dict[str, ViTForImageClassification] = {}
-    for prefix, method_scores in scores.items():
-        with stages(f"seed {seed}: {METHOD_NAMES[prefix]}-prune + distil"):
-            student = pruner.prune(target, method_scores)
-            acc[f"{prefix}_pruned"] = accuracy(student, splits)
-            notes[f"{prefix}_distilled"] = train(student, train_set, recipe.student, seed, teacher=teacher,
-                                                 alpha=recipe.alpha, temperature=recipe.temperature).__dict__
-            acc[f"{prefix}_distilled"] = accuracy(student, splits)
-            students[prefix] = student
-    with stages(f"seed {seed}: scratch + distil"):
-        scratch = scratch_copy(students["up"], seed)
-        notes["scratch"] = train(scratch, train_set, recipe.student, seed, teacher=teacher,
-                                 alpha=recipe.alpha, temperature=recipe.temperature).__dict__
-        acc["scratch"] = accuracy(scratch, splits)
-    return acc, notes, teacher, students["up"]
-
-
 def run_vision(output_dir: Path, recipe: VisionRecipe, show_progress: bool = True) -> dict[str, Any]:
     """Run every seed, measure both architectures, save and reload the first seed's models."""
-    stages = Stages("vision (ViT on digits)", STAGES_PER_SEED * len(recipe.seeds) + 2, show_progress)
+    stages = Stages("vision (ViT on digits)", COMPARISON_STAGES * len(recipe.seeds) + 2, show_progress)
     splits = load_digit_splits()
     train_set = TensorDictDataset(
         pixel_values=splits.pixel_values(splits.train), labels=torch.tensor(splits.train["label"])
@@ -105,7 +57,13 @@ def run_vision(output_dir: Path, recipe: VisionRecipe, show_progress: bool = Tru
     notes: list[dict[str, Any]] = []
     first: tuple[ViTForImageClassification, ViTForImageClassification] | None = None
     for seed in recipe.seeds:
-        acc, seed_notes, teacher, student = run_seed(recipe, splits, train_set, seed, stages)
+        acc, seed_notes, teacher, student = compare(
+            lambda: ViTForImageClassification(teacher_config(recipe)),
+            train_set,
+            lambda: image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, image_mode="L"),
+            lambda model: accuracy(model, splits),
+            recipe, seed, stages, variants_per_pass=32, stage_prefix=f"seed {seed}: ",
+        )
         per_seed.append(acc)
         notes.append({"seed": seed, **seed_notes})
         first = first or (teacher, student)
