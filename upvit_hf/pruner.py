@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -36,26 +37,35 @@ class UPPruner:
         proxy: Iterable[Mapping[str, Any]] | None = None,
         *,
         method: str = "kl",
-        variants_per_pass: int = 16,
+        variants_per_pass: int | str = 16,
         seed: int = 0,
         show_progress: bool = True,
+        **scale: Any,
     ) -> ImportanceScores:
         """Channel importance of all three components.
 
         `proxy` is any iterable of dict batches of model inputs (a DataLoader, a list; labels are
         ignored). `method="kl"` is the paper's exact criterion; `"magnitude"` (L1 norm of the weights a
         channel touches) and `"random"` (seeded) are baselines that need no data.
+
+        Scale options of the proxy pass (`scoring/proxy_pass.py`): under torch.distributed every process
+        scores its shard of the proxy batches and all get the all-reduced scores; `checkpoint=PATH`,
+        `checkpoint_every=K` make the run resumable; the network runs in float32 (float64 for a float64
+        model) whatever its dtype unless `dtype=` opts into another; `allow_tf32=True` allows TF32 on CUDA;
+        `variants_per_pass="auto"` sizes the stack from free device memory.
         """
         if method == "kl":
             if proxy is None:
                 raise ValueError("method='kl' needs a proxy set: an iterable of dict batches of model inputs")
-            scores = ExactKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy)
+            scores = ExactKLScorer(self.adapter, variants_per_pass, show_progress, **scale).score(proxy)
         elif method == "magnitude":
             scores = magnitude_scores(self.adapter)
         elif method == "random":
             scores = random_scores(self.adapter, seed)
         else:
             raise ValueError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
+        if scale and method != "kl":
+            raise ValueError(f"{', '.join(sorted(scale))} only apply to method='kl' (a pass over the proxy set)")
         scores.meta.update(model=self.model.name_or_path or type(self.model).__name__,
                            widths=self.adapter.widths.as_dict())
         return scores
@@ -98,17 +108,19 @@ class UPPruner:
         self,
         proxy: Iterable[Mapping[str, Any]],
         *,
-        variants_per_pass: int = 8,
+        variants_per_pass: int | str = 8,
         show_progress: bool = True,
+        **scale: Any,
     ) -> BlockScores:
         """Importance of every whole block and every hybrid unit (FFN of block i + attention of block i+1).
 
         `block[i]` / `hybrid[i]` = Σ KL(q ‖ p) over the proxy set with that unit's two residual branches
-        skipped, exactly what the model computes once `prune_blocks` removes it.
+        skipped, exactly what the model computes once `prune_blocks` removes it. `scale` options as in
+        `score` (data parallelism, checkpoint, dtype, allow_tf32).
         """
         if proxy is None:
             raise ValueError("block scores need a proxy set: an iterable of dict batches of model inputs")
-        scores = BlockKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy)
+        scores = BlockKLScorer(self.adapter, variants_per_pass, show_progress, **scale).score(proxy)
         scores.meta.update(model=self.model.name_or_path or type(self.model).__name__,
                            widths=self.adapter.widths.as_dict())
         return scores
@@ -119,8 +131,10 @@ class UPPruner:
         num_hidden_layers: int,
         between_steps: Callable[[PreTrainedModel, int], Any] | None = None,
         *,
-        variants_per_pass: int = 8,
+        variants_per_pass: int | str = 8,
         show_progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        **scale: Any,
     ) -> PreTrainedModel:
         """Progressive block pruning: remove the least important unit (block or hybrid), re-score the
         reduced model, repeat until `num_hidden_layers` blocks remain. A new stock model; the original is
@@ -131,6 +145,9 @@ class UPPruner:
         The proxy set is iterated once per step: a one-shot iterator is materialized to a list first.
         The pruning record gets one "depth" step listing the removed units in order, each with the block
         indices it had in the model it was removed from, and its score.
+        `scale` options as in `score`; with `checkpoint=PATH` step k keeps its checkpoint at `PATH.stepK`, so
+        a rerun recomputes finished steps from their checkpoints and resumes the interrupted one (a
+        `between_steps` that changes the model makes the next steps' checkpoints refuse to resume).
         """
         self.adapter.check_scorable()
         original = self.adapter.widths
@@ -152,7 +169,10 @@ class UPPruner:
         removed: list[dict[str, Any]] = []
         current = self
         for step in range(original.num_hidden_layers - num_hidden_layers):
-            scores = current.score_blocks(proxy, variants_per_pass=variants_per_pass, show_progress=show_progress)
+            if checkpoint is not None:
+                scale["checkpoint"] = f"{os.fspath(checkpoint)}.step{step}"
+            scores = current.score_blocks(proxy, variants_per_pass=variants_per_pass, show_progress=show_progress,
+                                          **scale)
             unit = scores.least_important()
             removed.append({**unit.as_dict(), "score": float(scores.by_branch()[unit.first_branch])})
             config, state = remove_unit(current.adapter, unit)

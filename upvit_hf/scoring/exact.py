@@ -9,8 +9,8 @@ per batch, so each variant runs only the suffix of the network.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..adapters import ModelAdapter
 from ..scores import ImportanceScores
 from .masks import attention_masked, broadcast, ffn_masked, residual_masked
+from .proxy_pass import ProxyPass
 
 LOGITS_BUDGET = 2**20
 """Logit elements read out and compared at once (float64): bounds memory for large vocabularies, and at
@@ -27,79 +28,38 @@ LOGITS_BUDGET = 2**20
 Masking = Callable[[torch.Tensor], AbstractContextManager]
 
 
-def prepare_inputs(batch: Any, adapter: ModelAdapter) -> dict[str, torch.Tensor]:
-    """The model inputs of a proxy batch (labels and other keys ignored), on the model's device."""
-    if not isinstance(batch, Mapping):
-        raise ValueError(f"proxy batches must be dicts of model inputs, got {type(batch).__name__}")
-    missing = [name for name in adapter.required_inputs if name not in batch]
-    if missing:
-        raise ValueError(
-            f"a proxy batch is missing {', '.join(missing)}; {type(adapter.model).__name__} needs "
-            f"{', '.join(adapter.required_inputs)}, the batch has {', '.join(map(str, batch)) or 'no keys'}"
-        )
-    names = (*adapter.required_inputs, *adapter.optional_inputs)
-    device = adapter.model.device
-    return {name: torch.as_tensor(batch[name]).to(device) for name in names if batch.get(name) is not None}
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Score in eval mode (no dropout) whatever mode the model came in, and give it back as it was."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-class ProxyPass:
-    """One pass over a proxy set as every KL scorer makes it: inference mode, the model in eval mode (and
-    given back as it came), inputs checked, a progress bar counting scored units, the samples counted."""
-
-    def __init__(self, adapter: ModelAdapter, variants_per_pass: int, show_progress: bool):
-        if variants_per_pass < 1:
-            raise ValueError(f"variants_per_pass must be >= 1, got {variants_per_pass}")
-        adapter.check_scorable()
-        self.adapter, self.show_progress = adapter, show_progress
-
-    def run(self, proxy: Iterable[Mapping[str, Any]], per_batch: int, unit: str, desc: str,
-            score_batch: Callable[[dict[str, torch.Tensor], Any], int]) -> int:
-        """Call `score_batch(inputs, bar)` on every batch; returns the number of samples scored."""
-        from transformers.utils.logging import tqdm
-
-        total = per_batch * len(proxy) if hasattr(proxy, "__len__") else None
-        samples = 0
-        with torch.inference_mode(), eval_mode(self.adapter.model), tqdm(
-            total=total, unit=unit, desc=desc, disable=not self.show_progress
-        ) as bar:
-            for batch in proxy:
-                samples += score_batch(prepare_inputs(batch, self.adapter), bar)
-        if samples == 0:
-            raise ValueError("the proxy set is empty: pass at least one batch of model inputs")
-        return samples
-
-
 class ExactKLScorer:
     """Scores all channels of all components in one pass over the proxy set.
 
-    `variants_per_pass` channel removals are evaluated per forward pass; memory grows linearly with it.
+    `variants_per_pass` channel removals (or "auto": from free device memory) are evaluated per forward
+    pass; memory grows linearly with it. `scale` options (dtype, checkpoint, checkpoint_every, allow_tf32)
+    go to the `ProxyPass`.
     """
 
-    def __init__(self, adapter: ModelAdapter, variants_per_pass: int = 16, show_progress: bool = True):
-        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress)
-        self.adapter, self.variants_per_pass = adapter, variants_per_pass
+    def __init__(self, adapter: ModelAdapter, variants_per_pass: int | str = 16, show_progress: bool = True,
+                 **scale: Any):
+        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress, **scale)
+        self.adapter = adapter
+
+    @property
+    def variants_per_pass(self) -> int:
+        return self.proxy_pass.variants_per_pass
 
     def score(self, proxy: Iterable[Mapping[str, Any]]) -> ImportanceScores:
         widths = self.adapter.widths
         layers = range(widths.num_hidden_layers)
-        residual = torch.zeros(widths.hidden_size, dtype=torch.float64)
-        attention = [torch.zeros(widths.attention_width, dtype=torch.float64) for _ in layers]
-        ffn = [torch.zeros(widths.intermediate_size, dtype=torch.float64) for _ in layers]
+        zeros = lambda width: torch.zeros(width, dtype=torch.float64, device=self.proxy_pass.device)  # noqa: E731
+        residual = zeros(widths.hidden_size)
+        attention = [zeros(widths.attention_width) for _ in layers]
+        ffn = [zeros(widths.intermediate_size) for _ in layers]
+        sums = {"residual": residual, **{f"attention.{l}": a for l, a in enumerate(attention)},
+                **{f"ffn.{l}": f for l, f in enumerate(ffn)}}
         per_batch = widths.hidden_size + widths.num_hidden_layers * (widths.attention_width + widths.intermediate_size)
         samples = self.proxy_pass.run(proxy, per_batch, "channel", "UP-ViTs KL scores",
-                                 lambda inputs, bar: self._score_batch(inputs, residual, attention, ffn, bar))
-        return ImportanceScores(residual, attention, ffn, meta={"method": "kl", "proxy_size": samples})
+                                      lambda inputs, bar: self._score_batch(inputs, residual, attention, ffn, bar),
+                                      sums=sums, method="kl")
+        return ImportanceScores(residual.cpu(), [a.cpu() for a in attention], [f.cpu() for f in ffn],
+                                meta={"method": "kl", "proxy_size": samples})
 
     # ------------------------------------------------------------------ one proxy batch
     def _score_batch(self, inputs, residual, attention, ffn, bar) -> int:
@@ -129,7 +89,7 @@ class ExactKLScorer:
                         hidden = branch(hidden, stacked)
                 # the readout (masked final norm for residual variants) re-enters the masks of its rows
                 kl = self._kl(hidden, context, reference, weights, variants, lambda r: masking(masks[r]))
-                scores[chunk] += kl.cpu()
+                scores[chunk] += kl
                 bar.update(variants)
 
         def residual_masking(masks: torch.Tensor) -> AbstractContextManager:
