@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -46,12 +47,13 @@ def load_config(name_or_path: str):
                        f"({str(err).splitlines()[0]})") from err
 
 
-def load_model(name_or_path: str) -> PreTrainedModel:
-    """The model with the Auto class its saved architecture names (classifier, causal LM, or backbone)."""
+def load_model(name_or_path: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """The model with the Auto class its saved architecture names (classifier, causal LM, or backbone);
+    in `dtype` if given, else in the dtype the checkpoint was stored in."""
     config = load_config(name_or_path)
     architecture = (getattr(config, "architectures", None) or [""])[0]
     auto = next((auto for suffixes, auto in AUTO_CLASS_BY_SUFFIX if architecture.endswith(suffixes)), AutoModel)
-    return auto.from_pretrained(name_or_path).eval()
+    return auto.from_pretrained(name_or_path, dtype=dtype).eval()
 
 
 def modality(model: PreTrainedModel) -> str:
@@ -83,8 +85,6 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed of the proxy sample and of --method random")
     group.add_argument("--method", default="kl", choices=("kl", "magnitude", "random"),
                        help="importance criterion: kl (the paper's, exact) or a baseline")
-    group.add_argument("--variants-per-pass", type=int, default=16,
-                       help="channel removals evaluated per forward pass; bounds memory (default 16)")
 
 
 def build_proxy(args: argparse.Namespace, model_name: str, model: PreTrainedModel) -> list[dict]:

@@ -19,6 +19,7 @@ from .common import (
     modality,
     target_from_arguments,
 )
+from .scale import add_scale_arguments, scale_options, scoring_processes
 
 EXAMPLE = """examples:
   upvit prune --model facebook/deit-base-patch16-224 --scores deit-b.scores.safetensors \\
@@ -37,11 +38,21 @@ def register(subparsers) -> None:
     parser.add_argument("--num-layers", type=int, help="also remove blocks progressively down to this depth")
     add_target_arguments(parser)
     add_proxy_arguments(parser)
+    add_scale_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    model = load_model(args.model)
+    """The model keeps its stored dtype (the pruned one is saved in it); scoring on the fly runs in float32
+    anyway (the proxy pass's dtype policy). Under several processes each scores its shard and the first
+    saves the model."""
+    options = scale_options(args)
+    with scoring_processes() as state:
+        _prune(args, options, state.device, state.is_main_process)
+
+
+def _prune(args: argparse.Namespace, options: dict, device, is_main: bool) -> None:
+    model = load_model(args.model).to(device)
     target = target_from_arguments(args, model.config)
     if target is None and args.num_layers is None:
         raise CLIError("nothing to do: give target widths (--hidden-size/--num-heads/--intermediate-size or "
@@ -55,15 +66,21 @@ def run(args: argparse.Namespace) -> None:
         proxy = build_proxy(args, args.model, model)
     pruned = model
     if args.num_layers is not None:
-        pruned = pruner.prune_blocks(proxy, num_hidden_layers=args.num_layers)
+        pruned = pruner.prune_blocks(proxy, num_hidden_layers=args.num_layers,
+                                     variants_per_pass=args.variants_per_pass, **options)
         pruner = UPPruner(pruned)
     if target is not None:
         if args.scores:
             scores = ImportanceScores.load(args.scores)
         else:
+            width_options = {k: v for k, v in options.items() if k != "checkpoint"}
+            if "checkpoint" in options:  # the depth steps keep theirs at CHECKPOINT.stepK
+                width_options["checkpoint"] = options["checkpoint"] + ".width"
             scores = pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass,
-                                  seed=args.seed)
+                                  seed=args.seed, **(width_options if args.method == "kl" else {}))
         pruned = pruner.prune(target, scores)
+    if not is_main:
+        return
     original_stats, pruned_stats = model_stats(model), model_stats(pruned)
     with atomic_path(args.output, directory=True) as tmp:
         pruned.save_pretrained(tmp)

@@ -1,0 +1,84 @@
+"""Scoring at scale from the command line: processes and devices (accelerate), checkpoints, dtype, TF32."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from ..scoring.proxy_pass import AUTO
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def variants_argument(value: str) -> int | str:
+    if value == AUTO:
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return number
+
+
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "scoring at scale (several processes: accelerate launch --num_processes N -m upvit_hf.cli ...)")
+    group.add_argument("--variants-per-pass", type=variants_argument, default=AUTO,
+                       help="channel removals evaluated per forward pass; bounds memory (default auto: from free "
+                            "GPU memory, 16 on a CPU)")
+    group.add_argument("--checkpoint", default=None,
+                       help="file for the running sums: a rerun with the same arguments resumes from it "
+                            "(one file per process, suffixed .rankR-of-N)")
+    group.add_argument("--checkpoint-every", type=positive_int, default=10,
+                       help="proxy batches between checkpoint saves (default 10)")
+    group.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                       help="run the network in this dtype while scoring (default: float32, float64 for a float64 "
+                            "model; bfloat16/float16 trade score accuracy for speed)")
+    group.add_argument("--allow-tf32", action="store_true",
+                       help="allow TF32 matmuls on CUDA while scoring (off by default: scores then match float32)")
+
+
+def scale_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The proxy-pass options the user gave (only those: baselines refuse any)."""
+    options: dict[str, Any] = {}
+    if args.checkpoint is not None:
+        options.update(checkpoint=os.path.expanduser(args.checkpoint), checkpoint_every=args.checkpoint_every)
+    if args.dtype is not None:
+        options["dtype"] = DTYPES[args.dtype]
+    if args.allow_tf32:
+        options["allow_tf32"] = True
+    return options
+
+
+@contextmanager
+def scoring_processes() -> Iterator[Any]:
+    """accelerate's `PartialState`: under accelerate launch / torchrun it joins the process group (NCCL on
+    GPUs, gloo on CPUs) and names this process's device; alone it is one process on the GPU if there is
+    one. The group is left again at the end if it was joined here."""
+    from accelerate import PartialState
+
+    joined_here = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (
+        torch.distributed.is_available() and torch.distributed.is_initialized())
+    state = PartialState()
+    try:
+        yield state
+    finally:
+        if joined_here:
+            state.destroy_process_group()
