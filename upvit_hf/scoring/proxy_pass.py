@@ -178,6 +178,15 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def refuse_sharded_loader(proxy: Any) -> None:
+    """The pass shards the proxy set itself: a loader that accelerate already sharded would lose batches."""
+    from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
+
+    if isinstance(proxy, (DataLoaderShard, DataLoaderDispatcher)):
+        raise ValueError("pass the whole proxy set (the same on every process), not accelerator.prepare(loader): "
+                         "scoring gives each process its own shard of it")
+
+
 def all_reduce_sums(sums: Mapping[str, torch.Tensor], samples: int) -> int:
     """Sum `sums` (in place) and `samples` over all processes, as one float64 all-reduce."""
     rank, size = world()
@@ -197,13 +206,11 @@ def all_reduce_sums(sums: Mapping[str, torch.Tensor], samples: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def batch_digest(batch: Mapping[str, Any], names: Iterable[str]) -> str:
+def batch_digest(inputs: Mapping[str, torch.Tensor]) -> str:
     """A content hash of the model inputs of one proxy batch (to recognise it on resume)."""
     digest = hashlib.blake2b(digest_size=16)
-    for name in names:
-        if batch.get(name) is None:
-            continue
-        tensor = torch.as_tensor(batch[name]).detach().cpu().contiguous()
+    for name, tensor in inputs.items():
+        tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -293,11 +300,13 @@ class ProxyPass:
     `variants_per_pass` is an int or "auto" (resolved on the first batch: `self.variants_per_pass`).
     `dtype` overrides the float32/float64 policy (an explicit opt-in, e.g. torch.bfloat16).
     `checkpoint` (a path) with `checkpoint_every` (batches) makes the pass resumable.
+    `needs_grad=True` (for scorers that backpropagate, e.g. Fisher) runs `score_batch` outside inference
+    mode; it then decides itself where gradients are needed.
     """
 
     def __init__(self, adapter: ModelAdapter, variants_per_pass: int | str = 16, show_progress: bool = True, *,
                  dtype: torch.dtype | None = None, checkpoint: str | os.PathLike | None = None,
-                 checkpoint_every: int = 10, allow_tf32: bool = False):
+                 checkpoint_every: int = 10, allow_tf32: bool = False, needs_grad: bool = False):
         if variants_per_pass != AUTO and (isinstance(variants_per_pass, bool) or not isinstance(variants_per_pass, int)
                                           or variants_per_pass < 1):
             raise ValueError(f"variants_per_pass must be >= 1 or 'auto', got {variants_per_pass!r}")
@@ -307,6 +316,7 @@ class ProxyPass:
         self.adapter, self.show_progress = adapter, show_progress
         self.variants_per_pass = variants_per_pass
         self.checkpoint_path, self.checkpoint_every, self.allow_tf32 = checkpoint, checkpoint_every, allow_tf32
+        self.needs_grad = needs_grad
         if checkpoint is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
                                        or checkpoint_every < 1):
             raise ValueError(f"checkpoint_every must be a positive number of batches, got {checkpoint_every!r}")
@@ -324,12 +334,13 @@ class ProxyPass:
         from transformers.utils.logging import tqdm
 
         rank, size = world()
+        if size > 1:
+            refuse_sharded_loader(proxy)
         if sums is None:
             if self.checkpoint_path is not None:
                 raise ValueError("this scorer does not expose its sums to the proxy pass: it cannot checkpoint")
             rank, size = 0, 1
         model = self.adapter.model
-        names = (*self.adapter.required_inputs, *self.adapter.optional_inputs)
         count = len(proxy) if hasattr(proxy, "__len__") else None
         total = per_batch * len(range(rank, count, size)) if count is not None else None
         with ExitStack() as stack:
@@ -343,18 +354,19 @@ class ProxyPass:
                        "sums": {name: list(t.shape) for name, t in sums.items()}, "world_size": size}
                 checkpoint = Checkpoint(self.checkpoint_path, self.checkpoint_every, key)
                 checkpoint.restore(sums)
-            stack.enter_context(torch.inference_mode())
+            if not self.needs_grad:
+                stack.enter_context(torch.inference_mode())
             bar = stack.enter_context(tqdm(total=total, unit=unit, desc=desc,
                                            disable=not self.show_progress or rank != 0))
             samples = checkpoint.samples if checkpoint is not None else 0
             for index, batch in enumerate(proxy):
                 if index % size != rank:
                     continue
-                digest = batch_digest(batch, names) if checkpoint is not None else ""
+                inputs = prepare_inputs(batch, self.adapter, self.dtype)
+                digest = batch_digest(inputs) if checkpoint is not None else ""
                 if checkpoint is not None and checkpoint.check(index, digest):
                     bar.update(per_batch)
                     continue
-                inputs = prepare_inputs(batch, self.adapter, self.dtype)
                 if self.variants_per_pass == AUTO:
                     self.variants_per_pass = auto_variants(self.adapter, inputs)
                 scored = score_batch(inputs, bar)
