@@ -173,3 +173,34 @@ def test_tf32_is_off_while_scoring_on_cuda_and_restored(allow_tf32):
             assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
     finally:
         matmul.fp32_precision, conv.fp32_precision = saved
+
+
+# ---- command line -----------------------------------------------------------------------------------------
+
+
+def test_cli_checkpoint_resumes_and_refuses_another_proxy_in_one_line(tmp_path, capsys):
+    from test_scale_processes import cli_assets
+
+    from upvit_hf import ImportanceScores
+    from upvit_hf.cli import main
+
+    cli_assets(tmp_path)
+    common = ["score", "--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"), "--proxy-size", "10",
+              "--batch-size", "3", "--checkpoint", str(tmp_path / "run.ckpt")]
+    main([*common, "--checkpoint-every", "1", "--output", str(tmp_path / "a.safetensors")])
+    assert sorted(torch.load(tmp_path / "run.ckpt", weights_only=True)["done"]) == [0, 1, 2, 3]
+    main([*common, "--output", str(tmp_path / "b.safetensors")])  # finished: read back from the checkpoint
+    a, b = (ImportanceScores.load(tmp_path / f"{n}.safetensors") for n in "ab")
+    assert torch.equal(flat(a), flat(b)) and a.meta["proxy_size"] == b.meta["proxy_size"] == 10
+    capsys.readouterr()
+    for extra, message in ((["--seed", "1"], "proxy batch 0 differs"),
+                           (["--method", "magnitude"], "only apply to method='kl'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*common, *extra, "--output", str(tmp_path / "c.safetensors")])
+        err = capsys.readouterr().err  # (transformers' loading bars go to stderr too)
+        errors = [line for line in err.splitlines() if line.startswith("upvit score: error:")]
+        assert exit_info.value.code == 2 and "Traceback" not in err and len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "c.safetensors").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--variants-per-pass", "0", "--output", str(tmp_path / "c.safetensors")])
+    assert exit_info.value.code == 2 and "positive integer or 'auto'" in capsys.readouterr().err

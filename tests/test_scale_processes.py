@@ -84,7 +84,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def _cli_assets(root: Path) -> None:
+def cli_assets(root: Path) -> None:
     from datasets import Dataset, Features, Image
     from PIL import Image as PILImage
 
@@ -99,7 +99,7 @@ def _cli_assets(root: Path) -> None:
 def test_two_processes_score_like_one(tmp_path):
     from upvit_hf.cli import main
 
-    _cli_assets(tmp_path)
+    cli_assets(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(Path(__file__).resolve()), "--ddp-worker", str(tmp_path)]
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
