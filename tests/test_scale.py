@@ -204,3 +204,15 @@ def test_cli_checkpoint_resumes_and_refuses_another_proxy_in_one_line(tmp_path, 
     with pytest.raises(SystemExit) as exit_info:
         main([*common, "--variants-per-pass", "0", "--output", str(tmp_path / "c.safetensors")])
     assert exit_info.value.code == 2 and "positive integer or 'auto'" in capsys.readouterr().err
+
+
+def test_a_loader_accelerate_already_sharded_is_refused(monkeypatch):
+    from accelerate.data_loader import DataLoaderShard
+
+    from upvit_hf.scoring import proxy_pass
+
+    model = tiny_vit()
+    monkeypatch.setattr(proxy_pass, "world", lambda: (0, 2))  # as if launched on two processes
+    loader = DataLoaderShard(image_batches(model.config), batch_size=None)
+    with pytest.raises(ValueError, match=r"not accelerator.prepare\(loader\)"):
+        UPPruner(model).score(loader, show_progress=False)
