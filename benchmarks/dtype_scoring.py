@@ -7,7 +7,7 @@ load under transformers 5; every run scores the same bf16-rounded weights on the
 the differences are the arithmetic's alone. Reported per dtype: max and median relative error over all
 channels, and how many of the 8 most and 8 least important residual channels agree with float64's.
 
-    python benchmarks/dtype_scoring.py            # ~2 minutes on 2 CPU cores
+    python benchmarks/dtype_scoring.py            # ~5 minutes on 2 idle CPU cores (bf16/fp16 are slow on CPUs)
     python benchmarks/dtype_scoring.py --quick    # shorter training
 """
 
@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--proxy-size", type=int, default=128)
+    parser.add_argument("--proxy-size", type=int, default=32)
     args = parser.parse_args()
 
     recipe = vision_recipe(args.quick)
@@ -50,7 +50,8 @@ def main() -> None:
                                   labels=torch.tensor(splits.train["label"]))
     torch.manual_seed(args.seed)
     model = ViTForImageClassification(teacher_config(recipe))
-    train(model, train_set, recipe.teacher, args.seed)
+    trained = train(model, train_set, recipe.teacher, args.seed)
+    print(f"teacher trained: {trained.steps} steps in {trained.seconds:.0f} s", flush=True)
     model = model.to(torch.bfloat16).eval()  # as a bf16 checkpoint loads
     proxy = image_proxy(splits.train, splits.processor, size=args.proxy_size, seed=args.seed, image_mode="L",
                         batch_size=64)
@@ -74,7 +75,7 @@ def main() -> None:
             "seconds": round(seconds, 2),
         }
         print(f"{name:18s} max rel err {rel.max():.2e}, median {rel.median():.2e}, top-8 residual "
-              f"{result[name]['top8_residual_agree']}/8, bottom-8 {result[name]['bottom8_residual_agree']}/8")
+              f"{result[name]['top8_residual_agree']}/8, bottom-8 {result[name]['bottom8_residual_agree']}/8", flush=True)
     print(json.dumps(result))
 
 

@@ -300,13 +300,11 @@ class ProxyPass:
     `variants_per_pass` is an int or "auto" (resolved on the first batch: `self.variants_per_pass`).
     `dtype` overrides the float32/float64 policy (an explicit opt-in, e.g. torch.bfloat16).
     `checkpoint` (a path) with `checkpoint_every` (batches) makes the pass resumable.
-    `needs_grad=True` (for scorers that backpropagate, e.g. Fisher) runs `score_batch` outside inference
-    mode; it then decides itself where gradients are needed.
     """
 
     def __init__(self, adapter: ModelAdapter, variants_per_pass: int | str = 16, show_progress: bool = True, *,
                  dtype: torch.dtype | None = None, checkpoint: str | os.PathLike | None = None,
-                 checkpoint_every: int = 10, allow_tf32: bool = False, needs_grad: bool = False):
+                 checkpoint_every: int = 10, allow_tf32: bool = False):
         if variants_per_pass != AUTO and (isinstance(variants_per_pass, bool) or not isinstance(variants_per_pass, int)
                                           or variants_per_pass < 1):
             raise ValueError(f"variants_per_pass must be >= 1 or 'auto', got {variants_per_pass!r}")
@@ -316,20 +314,20 @@ class ProxyPass:
         self.adapter, self.show_progress = adapter, show_progress
         self.variants_per_pass = variants_per_pass
         self.checkpoint_path, self.checkpoint_every, self.allow_tf32 = checkpoint, checkpoint_every, allow_tf32
-        self.needs_grad = needs_grad
         if checkpoint is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
                                        or checkpoint_every < 1):
             raise ValueError(f"checkpoint_every must be a positive number of batches, got {checkpoint_every!r}")
 
     def run(self, proxy: Iterable[Mapping[str, Any]], per_batch: int, unit: str, desc: str,
             score_batch: Callable[[dict[str, torch.Tensor], Any], int],
-            sums: Mapping[str, torch.Tensor] | None = None, method: str | None = None) -> int:
+            sums: Mapping[str, torch.Tensor] | None = None, method: str | None = None, grad: bool = False) -> int:
         """Call `score_batch(inputs, bar)` on every batch of this process's shard; returns the number of
         samples scored (over all processes).
 
         `sums` are the float64 accumulators `score_batch` adds into: they are all-reduced across processes
         at the end and checkpointed. Without them every process scores every batch (correct, not faster)
-        and no checkpoint can be kept. `method` names the scorer in the checkpoint's key.
+        and no checkpoint can be kept. `method` names the scorer in the checkpoint's key. `grad=True` runs
+        `score_batch` with autograd on (scorers that differentiate) instead of in inference mode.
         """
         from transformers.utils.logging import tqdm
 
@@ -354,8 +352,7 @@ class ProxyPass:
                        "sums": {name: list(t.shape) for name, t in sums.items()}, "world_size": size}
                 checkpoint = Checkpoint(self.checkpoint_path, self.checkpoint_every, key)
                 checkpoint.restore(sums)
-            if not self.needs_grad:
-                stack.enter_context(torch.inference_mode())
+            stack.enter_context(torch.enable_grad() if grad else torch.inference_mode())
             bar = stack.enter_context(tqdm(total=total, unit=unit, desc=desc,
                                            disable=not self.show_progress or rank != 0))
             samples = checkpoint.samples if checkpoint is not None else 0
