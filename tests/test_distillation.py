@@ -276,6 +276,10 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
 def test_train_leaves_teacher_alone_and_saves_only_the_student(tmp_path):
     alpha, temperature = 0.5, 2.0
     teacher, student = tiny_vit(1), tiny_vit(0, intermediate=16)
+    teacher.train()  # the caller's choices, which the trainer must leave as they were
+    teacher.classifier.weight.requires_grad_(False)
+    flags_before = {name: p.requires_grad for name, p in teacher.named_parameters()}
+    use_cache_before = getattr(teacher.config, "use_cache", None)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in student.state_dict().items()}
     g = torch.Generator().manual_seed(3)
@@ -291,8 +295,10 @@ def test_train_leaves_teacher_alone_and_saves_only_the_student(tmp_path):
     )
     trainer.train()
 
-    # The teacher: untouched, frozen, in eval mode, not optimized.
-    assert not teacher.training and all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    # The teacher: untouched (values, mode, requires_grad flags, config), and never optimized.
+    assert teacher.training and getattr(teacher.config, "use_cache", None) == use_cache_before
+    assert {name: p.requires_grad for name, p in teacher.named_parameters()} == flags_before
+    assert all(p.grad is None for p in teacher.parameters())
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
