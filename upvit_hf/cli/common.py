@@ -22,8 +22,8 @@ from transformers import (
 from ..adapters import adapter_for
 from ..atomic import atomic_path, check_output
 from ..evaluation.complexity import max_positions
-from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_image_dataset, load_text
-from ..proxy import image_proxy, text_proxy
+from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_split, model_channels, text_documents
+from ..proxy import document_proxy, image_proxy
 from ..targets import PruningTarget
 
 AUTO_CLASS_BY_SUFFIX = (
@@ -117,21 +117,22 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_proxy(args: argparse.Namespace, model_name: str, model: PreTrainedModel) -> list[dict]:
-    """The proxy batches named by the proxy arguments."""
+    """The proxy batches named by the proxy arguments: a Hub dataset is streamed (only the proxy samples and a
+    shuffle buffer are read), text is tokenized document by document until enough tokens are collected."""
     kind = modality(model)
     preprocessor = load_preprocessor(model_name, kind)
     if kind == "image":
-        dataset = load_image_dataset(args.dataset or "imagenet-1k", args.split, config_name=args.dataset_config)
+        dataset = load_split(args.dataset or "imagenet-1k", args.split, config_name=args.dataset_config,
+                             streaming=True)
         return image_proxy(dataset, preprocessor, size=args.proxy_size, seed=args.seed, batch_size=args.batch_size,
-                           image_column=args.column or "image")
+                           image_column=args.column or "image", num_channels=model_channels(model))
     context = max_positions(model)
     if context is not None and args.seq_len > context:
         raise CLIError(f"--seq-len {args.seq_len} exceeds the model's context of {context} tokens")
-    text = load_text(args.dataset or "wikitext", args.dataset_config or DEFAULT_TEXT_CONFIG, args.split,
-                     text_column=args.column or "text")
-    token_ids = preprocessor(text, return_tensors="pt")["input_ids"][0]
-    return text_proxy(token_ids, size=args.proxy_size, seq_len=args.seq_len, seed=args.seed,
-                      batch_size=args.batch_size)
+    documents = text_documents(args.dataset or "wikitext", args.dataset_config or DEFAULT_TEXT_CONFIG, args.split,
+                               text_column=args.column or "text", seed=args.seed)
+    return document_proxy(documents, preprocessor, size=args.proxy_size, seq_len=args.seq_len, seed=args.seed,
+                          batch_size=args.batch_size)
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,11 +8,10 @@ from ..evaluation import (
     evaluate_accuracy,
     evaluate_perplexity,
     image_throughput,
-    load_image_dataset,
     model_stats,
     token_throughput,
 )
-from ..evaluation.data import DEFAULT_TEXT_CONFIG
+from ..evaluation.data import DEFAULT_TEXT_CONFIG, load_split
 from .common import (
     check_output_argument,
     load_model,
@@ -54,8 +53,8 @@ def run(args: argparse.Namespace) -> None:
     kind = modality(model)
     preprocessor = load_preprocessor(args.model, kind)
     if kind == "image":
-        dataset = load_image_dataset(args.dataset or "imagenet-1k", args.split or "validation",
-                                     config_name=args.dataset_config)
+        dataset = load_split(args.dataset or "imagenet-1k", args.split or "validation",
+                             config_name=args.dataset_config, streaming=args.max_samples is not None)
         metrics = evaluate_accuracy(model, dataset, preprocessor, image_column=args.column or "image",
                                     label_column=args.label_column, batch_size=args.batch_size,
                                     max_samples=args.max_samples)
