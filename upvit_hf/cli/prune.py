@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> None:
     if args.num_layers is not None and args.scores is not None:
         raise CLIError("--scores cannot be combined with --num-layers: the widths are scored on the model the "
                        "depth step leaves; drop --scores (scored on the fly) or prune depth first")
+    scores = ImportanceScores.load(args.scores) if args.scores is not None else None  # unreadable: fail first
     model = load_model(args.model)
     target = target_from_arguments(args, model.config)
     if target is None and args.num_layers is None:
@@ -61,7 +62,6 @@ def run(args: argparse.Namespace) -> None:
     pruner = UPPruner(model)
     if target is not None:
         pruner.check_target(target)  # fail on an impossible target or foreign scores before any expensive work
-    scores = ImportanceScores.load(args.scores) if args.scores is not None else None
     if scores is not None:
         scores.check_matches(pruner.adapter.widths)
         if not args.force:
