@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import kl_from_logits, random_scores, top_sorted
 from tiny import gpt2_config, randomize, tiny_tokenizer, token_batches, word_corpus
 from transformers import (
     AutoModelForCausalLM,
@@ -100,12 +101,6 @@ def without_residual(state, keep):
     return {k: v if residual_axis(k) is None else v.index_select(residual_axis(k), keep) for k, v in state.items()}
 
 
-def kl_sum(q_logits, p_logits, weights) -> float:
-    q, p = torch.log_softmax(q_logits, -1), torch.log_softmax(p_logits, -1)
-    kl = (q.exp() * (q - p)).sum(-1)
-    return float((kl * weights).sum() if weights is not None else kl.sum())
-
-
 def reference_scores(model, batches, kind):
     config = model.config
     state, scales = state_of(model), original_scales(config)
@@ -113,7 +108,7 @@ def reference_scores(model, batches, kind):
 
     def total(edited):
         return sum(
-            kl_sum(forward(state, config, b, scales, kind), forward(edited, config, b, scales, kind),
+            kl_from_logits(forward(state, config, b, scales, kind), forward(edited, config, b, scales, kind),
                    b["attention_mask"] if kind == "lm" else None)
             for b in batches
         )
@@ -260,20 +255,6 @@ def test_logit_budget_chunking_does_not_change_scores(cls, budgets, monkeypatch)
 
 
 # ------------------------------------------------------------------------------ pruning
-def random_scores(config, seed=0) -> ImportanceScores:
-    g = torch.Generator().manual_seed(seed)
-    layers = range(config.n_layer)
-    return ImportanceScores(
-        residual=torch.rand(config.n_embd, generator=g, dtype=torch.float64),
-        attention=[torch.rand(config.n_embd, generator=g, dtype=torch.float64) for _ in layers],
-        ffn=[torch.rand(config.n_inner, generator=g, dtype=torch.float64) for _ in layers],
-    )
-
-
-def top_sorted(scores, k):
-    return torch.argsort(scores, descending=True)[:k].sort().values
-
-
 def physically_reduced_state(model, scores, hidden, head_dim, inner):
     """Slice every tensor by hand: top residual channels, the top `head_dim` dims of every head, top FFN
     channels. Constants (the attention scale) are untouched: the forward above keeps the original ones."""

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers import random_scores, top_sorted
 from tiny import deit_config, image_batches, randomize, vit_config
 from transformers import (
     BertConfig,
@@ -23,21 +24,6 @@ from transformers import (
 
 from upvit_hf import ImportanceScores, PruningTarget, UPPruner
 from upvit_hf.adapters import adapter_for
-
-
-def random_scores(config, seed=0) -> ImportanceScores:
-    g = torch.Generator().manual_seed(seed)
-    width = config.num_attention_heads * (config.hidden_size // config.num_attention_heads)
-    layers = range(config.num_hidden_layers)
-    return ImportanceScores(
-        residual=torch.rand(config.hidden_size, generator=g, dtype=torch.float64),
-        attention=[torch.rand(width, generator=g, dtype=torch.float64) for _ in layers],
-        ffn=[torch.rand(config.intermediate_size, generator=g, dtype=torch.float64) for _ in layers],
-    )
-
-
-def top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.argsort(scores, descending=True)[:k].sort().values
 
 
 def physically_reduced(model, scores, hidden, head_dim, intermediate):
