@@ -111,22 +111,24 @@ def test_scores_equal_hand_reduced_copies_and_one_step_removes_the_least_importa
     torch.testing.assert_close(scores.hybrid, hybrid, rtol=1e-9, atol=0)
     assert scores.meta["method"] == "kl" and scores.meta["proxy_size"] == 5
 
-    # one progressive step removes exactly the unit the independent reference ranks last
-    units = [("block", i, s) for i, s in enumerate(block.tolist())]
-    units += [("hybrid", i, s) for i, s in enumerate(hybrid.tolist())]
-    kind, layer, _ = min(units, key=lambda u: u[2])
+    # one progressive step removes a unit the independent reference ranks last (within rounding: at a near-tie
+    # either unit is a right answer on some CPU), and the model is exactly the hand-reduced copy without it
     small = UPPruner(model).prune_blocks(batches, num_hidden_layers=2, show_progress=False)
     assert type(small) is family.cls and small.config.num_hidden_layers == 2
     assert len(getattr(small.base_model, family.layers)) == 2
-    reference = hand_reduced(family, model, kind, layer)
-    for batch in batches:
-        torch.testing.assert_close(model_logits(small, batch), model_logits(reference, batch), rtol=1e-10, atol=1e-10)
     record = small.config.upvit_pruning
     assert record["original"]["num_hidden_layers"] == 3 and record["pruned"]["num_hidden_layers"] == 2
     (step,) = record["steps"]
     assert step["operation"] == "depth" and step["method"] == "kl" and step["proxy_size"] == 5
-    expected_layers = [layer] if kind == "block" else [layer, layer + 1]
-    assert [(r["unit"], r["layers"]) for r in step["removed"]] == [(kind, expected_layers)]
+    ((removed_kind, removed_layers),) = [(r["unit"], r["layers"]) for r in step["removed"]]
+    layer = removed_layers[0]
+    assert removed_layers == ([layer] if removed_kind == "block" else [layer, layer + 1])
+    removed_score = (block if removed_kind == "block" else hybrid)[layer]
+    lowest = min(block.min(), hybrid.min())
+    assert removed_score <= lowest + 1e-9 * abs(lowest), (removed_kind, layer, block, hybrid)
+    reference = hand_reduced(family, model, removed_kind, layer)
+    for batch in batches:
+        torch.testing.assert_close(model_logits(small, batch), model_logits(reference, batch), rtol=1e-10, atol=1e-10)
     for key, value in model.state_dict().items():  # the original is untouched
         assert torch.equal(value, before[key]), key
     assert model.config.num_hidden_layers == 3 and not hasattr(model.config, "upvit_pruning")
