@@ -187,6 +187,9 @@ PRUNE = ["prune", "--model", "{base}", "--ratio", "0.5", "--output", "{tmp}/out"
     (["evaluate", "--model", "{base}", "--dataset", "{data}", "--max-samples", "0"], "positive integer"),
     (["push", "{base}", "me/x", "--metrics", "{tmp}/metrics.json"], "JSON object"),
     (["demo", "--threads", "0"], "positive integer"),
+    (["distill", "--student", "{base}", "--teacher", "{base}", "--dataset", "{data}", "--eval_split", "test",
+      "--label_column", "target", "--output_dir", "{tmp}/d", "--use_cpu", "--report_to", "none"],
+     "['image', 'label']"),
 ])
 def test_every_bad_input_is_one_line_exit_2_no_traceback_no_output(assets, bad_inputs, capsys, args, message):
     tmp = bad_inputs

@@ -33,7 +33,7 @@ from transformers import (
 from transformers.image_processing_base import ImageProcessingMixin
 
 from ..distillation import DistillationTrainer, EMACallback
-from ..evaluation.data import convert_images, load_source
+from ..evaluation.data import check_columns, convert_images, load_source
 from .common import DistillationDataArguments, DistillationModelArguments, train_eval_splits
 
 
@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     image_column = data_args.image_column or next(
         (k for k, f in train_ds.features.items() if isinstance(f, Image)), "image"
     )
+    for split in (train_ds, eval_ds):
+        check_columns(split, [image_column, data_args.label_column])
 
     size, channels = student.config.image_size, student.config.num_channels
     mean, std = normalization(model_args.teacher, channels)

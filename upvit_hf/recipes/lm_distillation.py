@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from ..distillation import DistillationTrainer
-from ..evaluation.data import load_source
+from ..evaluation.data import check_columns, load_source
 from .common import DistillationDataArguments, DistillationModelArguments, train_eval_splits
 
 
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         blocks = []
         for raw in (train_raw, eval_raw):
+            check_columns(raw, [data_args.text_column])
             tokenized = raw.map(
                 lambda b: tokenizer(b[data_args.text_column]),
                 batched=True,
