@@ -16,6 +16,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 
+from .atomic import atomic_path
 from .evaluation.complexity import count_parameters, model_stats
 
 RECORD_KEY = "upvit_pruning"
@@ -293,7 +294,6 @@ def write_model_card(
             pruned_stats = {"params": params} if params is not None else None
     source = model if model is not None else json.loads(config_file.read_text(encoding="utf-8"))
     card = build_model_card(source, metrics, original_stats, pruned_stats, repo_id=repo_id)
-    tmp = readme.with_name(".README.md.tmp")
-    card.save(tmp)
-    os.replace(tmp, readme)
+    with atomic_path(readme, overwrite=True) as tmp:  # the card is refreshed in place, never half-written
+        card.save(tmp)
     return readme

@@ -12,11 +12,15 @@ from ..scores import ImportanceScores
 from .common import (
     CLIError,
     add_proxy_arguments,
+    add_output_arguments,
     add_target_arguments,
     build_proxy,
+    check_output_argument,
     load_model,
     load_preprocessor,
     modality,
+    path_arg,
+    positive_int,
     target_from_arguments,
 )
 from .scale import add_scale_arguments, scale_options, scoring_processes
@@ -32,10 +36,13 @@ EXAMPLE = """examples:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("prune", help="prune to target widths/depth and save a stock model",
                                    epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="hub id or local folder")
-    parser.add_argument("--output", required=True, help="folder for the pruned model (written atomically)")
-    parser.add_argument("--scores", help="scores file from `upvit score` (otherwise scored on the fly)")
-    parser.add_argument("--num-layers", type=int, help="also remove blocks progressively down to this depth")
+    parser.add_argument("--model", type=path_arg, required=True, help="hub id or local folder")
+    add_output_arguments(parser, "folder for the pruned model (written atomically)")
+    parser.add_argument("--scores", type=path_arg, help="scores file from `upvit score` (otherwise scored on the fly)")
+    parser.add_argument("--force", action="store_true",
+                        help="use --scores even though they record another model or other widths")
+    parser.add_argument("--num-layers", type=positive_int,
+                        help="also remove blocks progressively down to this depth")
     add_target_arguments(parser)
     add_proxy_arguments(parser)
     add_scale_arguments(parser)
@@ -46,12 +53,17 @@ def run(args: argparse.Namespace) -> None:
     """The model keeps its stored dtype (the pruned one is saved in it); scoring on the fly runs in float32
     anyway (the proxy pass's dtype policy). Under several processes each scores its shard and the first
     saves the model."""
+    check_output_argument(args.output, args.overwrite)
+    if args.num_layers is not None and args.scores is not None:
+        raise CLIError("--scores cannot be combined with --num-layers: the widths are scored on the model the "
+                       "depth step leaves; drop --scores (scored on the fly) or prune depth first")
+    scores = ImportanceScores.load(args.scores) if args.scores is not None else None  # unreadable: fail first
     options = scale_options(args)
     with scoring_processes() as state:
-        _prune(args, options, state.device, state.is_main_process)
+        _prune(args, scores, options, state.device, state.is_main_process)
 
 
-def _prune(args: argparse.Namespace, options: dict, device, is_main: bool) -> None:
+def _prune(args: argparse.Namespace, scores: ImportanceScores | None, options: dict, device, is_main: bool) -> None:
     model = load_model(args.model).to(device)
     target = target_from_arguments(args, model.config)
     if target is None and args.num_layers is None:
@@ -60,7 +72,11 @@ def _prune(args: argparse.Namespace, options: dict, device, is_main: bool) -> No
     kind = modality(model)
     pruner = UPPruner(model)
     if target is not None:
-        pruner.check_target(target)  # fail on an impossible target before any expensive work
+        pruner.check_target(target)  # fail on an impossible target or foreign scores before any expensive work
+    if scores is not None:
+        scores.check_matches(pruner.adapter.widths)
+        if not args.force:
+            scores.check_origin(model, pruner.adapter.widths)
     proxy = None
     if args.num_layers is not None or (target is not None and args.scores is None and args.method == "kl"):
         proxy = build_proxy(args, args.model, model)
@@ -70,19 +86,17 @@ def _prune(args: argparse.Namespace, options: dict, device, is_main: bool) -> No
                                      variants_per_pass=args.variants_per_pass, **options)
         pruner = UPPruner(pruned)
     if target is not None:
-        if args.scores:
-            scores = ImportanceScores.load(args.scores)
-        else:
+        if scores is None:
             width_options = {k: v for k, v in options.items() if k != "checkpoint"}
             if "checkpoint" in options:  # the depth steps keep theirs at CHECKPOINT.stepK
                 width_options["checkpoint"] = options["checkpoint"] + ".width"
             scores = pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass,
                                   seed=args.seed, **(width_options if args.method == "kl" else {}))
-        pruned = pruner.prune(target, scores)
+        pruned = pruner.prune(target, scores, force=args.force)
     if not is_main:
         return
     original_stats, pruned_stats = model_stats(model), model_stats(pruned)
-    with atomic_path(args.output, directory=True) as tmp:
+    with atomic_path(args.output, directory=True, overwrite=args.overwrite) as tmp:
         pruned.save_pretrained(tmp)
         load_preprocessor(args.model, kind).save_pretrained(tmp)
         write_model_card(tmp, original_stats=original_stats, pruned_stats=pruned_stats)

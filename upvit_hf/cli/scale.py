@@ -11,30 +11,19 @@ from typing import Any
 import torch
 
 from ..scoring.proxy_pass import AUTO
+from .common import path_arg, positive_int
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def variants_argument(value: str) -> int | str:
+    """argparse type of --variants-per-pass: a positive integer or "auto"."""
     if value == AUTO:
         return value
     try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}")
-    return number
-
-
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
-    return number
+        return positive_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}") from None
 
 
 def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +32,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--variants-per-pass", type=variants_argument, default=AUTO,
                        help="channel removals evaluated per forward pass; bounds memory (default auto: from free "
                             "GPU memory, 16 on a CPU)")
-    group.add_argument("--checkpoint", default=None,
+    group.add_argument("--checkpoint", type=path_arg, default=None,
                        help="file for the running sums: a rerun with the same arguments resumes from it "
                             "(one file per process, suffixed .rankR-of-N)")
     group.add_argument("--checkpoint-every", type=positive_int, default=10,
@@ -59,7 +48,7 @@ def scale_options(args: argparse.Namespace) -> dict[str, Any]:
     """The proxy-pass options the user gave (only those: baselines refuse any)."""
     options: dict[str, Any] = {}
     if args.checkpoint is not None:
-        options.update(checkpoint=os.path.expanduser(args.checkpoint), checkpoint_every=args.checkpoint_every)
+        options.update(checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     if args.dtype is not None:
         options["dtype"] = DTYPES[args.dtype]
     if args.allow_tf32:

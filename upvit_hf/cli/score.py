@@ -7,7 +7,14 @@ import argparse
 import torch
 
 from ..pruner import UPPruner
-from .common import add_proxy_arguments, build_proxy, load_model
+from .common import (
+    add_output_arguments,
+    add_proxy_arguments,
+    build_proxy,
+    check_output_argument,
+    load_model,
+    path_arg,
+)
 from .scale import add_scale_arguments, scale_options, scoring_processes
 
 EXAMPLE = """example:
@@ -22,8 +29,8 @@ EXAMPLE = """example:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("score", help="compute UP-ViTs channel importance and save it",
                                    epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="hub id or local folder")
-    parser.add_argument("--output", required=True, help="scores file to write (.safetensors)")
+    parser.add_argument("--model", type=path_arg, required=True, help="hub id or local folder")
+    add_output_arguments(parser, "scores file to write (.safetensors)")
     add_proxy_arguments(parser)
     add_scale_arguments(parser)
     parser.set_defaults(run=run)
@@ -32,6 +39,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     """Loaded in float32 (the scoring dtype policy; a bf16 checkpoint is upcast) on this process's device;
     under several processes each scores its shard and the first writes the file."""
+    check_output_argument(args.output, args.overwrite)
     options = scale_options(args)
     with scoring_processes() as state:
         model = load_model(args.model, dtype=torch.float32).to(state.device)
@@ -40,5 +48,5 @@ def run(args: argparse.Namespace) -> None:
         scores = pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass, seed=args.seed,
                               **options)
         if state.is_main_process:
-            scores.save(args.output)
+            scores.save(args.output, overwrite=args.overwrite)
             print(f"wrote {args.method} scores of {len(scores.ffn)} layers to {args.output}")
