@@ -288,7 +288,7 @@ class Checkpoint:
             "key": self.key, "samples": self.samples, "done": dict(self.done),
             "sums": {name: tensor.detach().cpu().clone() for name, tensor in sums.items()},
         }
-        with atomic_path(self.path) as tmp:
+        with atomic_path(self.path, overwrite=True) as tmp:  # our own file: restore() read and checked it
             torch.save(payload, tmp)
         self.since_save = 0
 
