@@ -69,9 +69,10 @@ def _ddp_worker(out: Path) -> None:
     torch.distributed.init_process_group("gloo")
     rank = torch.distributed.get_rank()
     torch.save(runs(out / "vit64.ckpt"), out / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()  # `upvit score` joins the group itself, as under torchrun -m
     main(["score", "--model", str(out / "model"), "--dataset", str(out / "data"), "--proxy-size", "10",
           "--batch-size", "3", "--output", str(out / "cli.safetensors")])
-    torch.distributed.destroy_process_group()
+    assert not torch.distributed.is_initialized()
 
 
 def _free_port() -> int:

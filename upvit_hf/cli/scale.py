@@ -1,4 +1,4 @@
-"""Scoring at scale from the command line: processes and devices (accelerate), checkpoints, dtype, TF32."""
+"""Scoring at scale from the command line: processes and devices, checkpoints, dtype, TF32."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,18 +57,30 @@ def scale_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-@contextmanager
-def scoring_processes() -> Iterator[Any]:
-    """accelerate's `PartialState`: under accelerate launch / torchrun it joins the process group (NCCL on
-    GPUs, gloo on CPUs) and names this process's device; alone it is one process on the GPU if there is
-    one. The group is left again at the end if it was joined here."""
-    from accelerate import PartialState
+@dataclass(frozen=True)
+class ScoringProcess:
+    device: torch.device
+    is_main_process: bool
 
-    joined_here = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (
-        torch.distributed.is_available() and torch.distributed.is_initialized())
-    state = PartialState()
+
+@contextmanager
+def scoring_processes() -> Iterator[ScoringProcess]:
+    """This process's device and whether it writes the outputs. Under accelerate launch / torchrun
+    (WORLD_SIZE > 1) it joins the process group first: NCCL with one GPU per local rank, gloo on CPUs, and
+    leaves it at the end if it joined here. (accelerate's PartialState does not set up the group for CPU
+    processes launched by torchrun, so the group is joined through torch.distributed directly.)"""
+    distributed = torch.distributed.is_available()
+    joined_here = distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized()
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if joined_here:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = torch.distributed.get_rank() if distributed and torch.distributed.is_initialized() else 0
     try:
-        yield state
+        yield ScoringProcess(device, rank == 0)
     finally:
         if joined_here:
-            state.destroy_process_group()
+            torch.distributed.destroy_process_group()
