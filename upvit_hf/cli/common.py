@@ -8,29 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageClassification,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PreTrainedModel
 
-from ..adapters import adapter_for
+from ..adapters import adapter_class_for_config, load_pretrained
 from ..evaluation.complexity import max_positions
 from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_image_dataset, load_text
 from ..proxy import image_proxy, text_proxy
 from ..targets import PruningTarget
-
-AUTO_CLASS_BY_SUFFIX = (
-    (("ForImageClassification", "ForImageClassificationWithTeacher"), AutoModelForImageClassification),
-    (("LMHeadModel", "ForCausalLM"), AutoModelForCausalLM),
-    (("ForSequenceClassification",), AutoModelForSequenceClassification),
-)
-
 
 class CLIError(ValueError):
     """Bad input to the command line: reported as one line on stderr, exit code 2."""
@@ -47,16 +31,14 @@ def load_config(name_or_path: str):
 
 
 def load_model(name_or_path: str) -> PreTrainedModel:
-    """The model with the Auto class its saved architecture names (classifier, causal LM, or backbone)."""
-    config = load_config(name_or_path)
-    architecture = (getattr(config, "architectures", None) or [""])[0]
-    auto = next((auto for suffixes, auto in AUTO_CLASS_BY_SUFFIX if architecture.endswith(suffixes)), AutoModel)
-    return auto.from_pretrained(name_or_path).eval()
+    """The model as the class its checkpoint was saved as (heads kept); one line naming the supported classes
+    for a class no adapter supports."""
+    return load_pretrained(name_or_path, config=load_config(name_or_path)).eval()
 
 
 def modality(model: PreTrainedModel) -> str:
-    """'image' or 'text', from the inputs the model's adapter needs."""
-    return "image" if "pixel_values" in adapter_for(model).required_inputs else "text"
+    """'image' or 'text', as the model's adapter says."""
+    return adapter_class_for_config(model.config).modality
 
 
 def load_preprocessor(name_or_path: str, kind: str) -> Any:
