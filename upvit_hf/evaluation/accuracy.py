@@ -13,18 +13,10 @@ from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor
 from transformers.utils.logging import tqdm
 
+from ..adapters import adapter_class_for_config
+from ..model_io import model_device, model_dtype
 from .data import check_columns
 from .metrics import TopKAccuracy
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    param = next(model.parameters(), None)
-    return param.dtype if param is not None else torch.float32
 
 
 def resolve_image_processor(model: nn.Module, processor: Any | None = None) -> Any:
@@ -88,9 +80,9 @@ def evaluate_accuracy(
             range(min(max_samples, len(dataset)))
         )
     total = len(dataset) if isinstance(dataset, Dataset) else max_samples
-    device = torch.device(device) if device is not None else _model_device(model)
-    dtype = _model_dtype(model)
-    channels = getattr(getattr(model, "config", None), "num_channels", 3)
+    device = torch.device(device) if device is not None else model_device(model)
+    dtype = model_dtype(model)
+    channels = adapter_class_for_config(model.config).num_channels(model.config)
     collate = _ImageCollator(processor, image_column, label_column, {3: "RGB", 1: "L"}.get(channels))
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
 

@@ -16,18 +16,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..adapters import adapter_class_for_config
+from ..model_io import model_device, model_dtype
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     """Number of parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def _input_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    param = next(model.parameters(), None)
-    if param is None:
-        return torch.device("cpu"), torch.float32
-    return param.device, param.dtype
 
 
 def max_positions(model: nn.Module) -> int | None:
@@ -44,9 +38,9 @@ def dummy_inputs(
 ) -> dict[str, torch.Tensor]:
     """Random inputs of the model's shape, on its device: `pixel_values` for image models, `input_ids` for text
     models (`seq_len` capped at the model's maximum positions so small models still run)."""
-    device, dtype = _input_device_dtype(model)
     return adapter_class_for_config(model.config).dummy_inputs(
-        model.config, batch_size, seq_len=seq_len, image_size=image_size, device=device, dtype=dtype
+        model.config, batch_size, seq_len=seq_len, image_size=image_size, device=model_device(model),
+        dtype=model_dtype(model),
     )
 
 

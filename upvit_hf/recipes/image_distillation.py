@@ -32,8 +32,15 @@ from transformers import (
 )
 from transformers.image_processing_base import ImageProcessingMixin
 
+from ..adapters import adapter_class_for_config
 from ..distillation import DistillationTrainer, EMACallback
-from .common import DistillationDataArguments, DistillationModelArguments, load_any, train_eval_splits
+from .common import (
+    DistillationDataArguments,
+    DistillationModelArguments,
+    load_any,
+    load_student_and_teacher,
+    train_eval_splits,
+)
 
 
 @dataclass
@@ -205,8 +212,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     set_seed(training_args.seed)
 
-    student = AutoModelForImageClassification.from_pretrained(model_args.student)
-    teacher = AutoModelForImageClassification.from_pretrained(model_args.teacher)
+    student, teacher = load_student_and_teacher(model_args, AutoModelForImageClassification)
+    family = adapter_class_for_config(student.config)
     if student.config.num_labels != teacher.config.num_labels:
         raise ValueError(f"student has {student.config.num_labels} classes, teacher {teacher.config.num_labels}")
 
@@ -221,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         (k for k, f in train_ds.features.items() if isinstance(f, Image)), "image"
     )
 
-    size, channels = student.config.image_size, student.config.num_channels
+    (size, _), channels = family.image_size(student.config), family.num_channels(student.config)
     mean, std = normalization(model_args.teacher, channels)
     common = dict(
         args=data_args, image_column=image_column, size=size, channels=channels, mean=mean, std=std,
