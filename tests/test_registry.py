@@ -170,3 +170,30 @@ def test_transfo_xl_loads_as_its_class_after_import(tmp_path):
     model = randomize(TransfoXLLMHeadModel(_txl_config()))
     model.save_pretrained(tmp_path)
     assert type(load_model(str(tmp_path))) is TransfoXLLMHeadModel
+
+
+CARD_SNIPPET_RUN = textwrap.dedent("""
+    import re, sys
+    code = re.search(r"```python\\n(.*?)```", open(sys.argv[1] + "/README.md").read(), re.S).group(1)
+    scope = {}
+    exec(code.replace("path/to/this/model", sys.argv[1]), scope)
+    print(type(scope["model"]).__name__)
+""")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ViTForMaskedImageModeling(vit_config(encoder_stride=4)),
+    lambda: GPT2DoubleHeadsModel(gpt2_config()),
+    lambda: TransfoXLLMHeadModel(_txl_config()),
+], ids=["mim-auto-class", "double-heads-own-class", "transfo-xl-remote-code"])
+def test_model_card_snippet_loads_the_saved_class_in_a_fresh_interpreter(make, tmp_path):
+    from upvit_hf.model_card import write_model_card
+    from upvit_hf.record import RECORD_KEY
+
+    model = make()
+    setattr(model.config, RECORD_KEY, {"base_model": None, "method": "magnitude"})
+    model.save_pretrained(tmp_path)
+    write_model_card(tmp_path)
+    out = subprocess.run([sys.executable, "-c", CARD_SNIPPET_RUN, str(tmp_path)], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, check=True).stdout
+    assert out.strip().splitlines()[-1] == type(model).__name__
