@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 
 import pytest
-import transformers
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 import upvit_hf

@@ -1,8 +1,10 @@
-"""What every module that runs a model shares: where its parameters live, the logits of its output, and the
-label id that losses skip. One home, so evaluation, distillation and the CLI agree."""
+"""What every module that runs a model shares: where its parameters live, the logits of its output, the label
+id that losses skip, and the preprocessor saved with it. One home, so evaluation, distillation and the CLI
+agree."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,18 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     """The dtype of the model's first parameter (float32 for a model without parameters)."""
     param = next(model.parameters(), None)
     return param.dtype if param is not None else torch.float32
+
+
+def load_processor(name_or_path: str | os.PathLike, modality: str) -> Any:
+    """The image processor (image models) or tokenizer (text models) saved with a model; ValueError naming what
+    is missing."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    what, auto = ("image processor", AutoImageProcessor) if modality == "image" else ("tokenizer", AutoTokenizer)
+    try:
+        return auto.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{str(name_or_path)!r} has no {what}; save one next to the model") from err
 
 
 def logits_of(output: Any) -> torch.Tensor | None:

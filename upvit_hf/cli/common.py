@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 
 from ..adapters import adapter_class_for_config, load_pretrained
+from ..model_io import load_processor
 from ..evaluation.complexity import max_positions
 from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_image_dataset, load_text
 from ..proxy import image_proxy, text_proxy
@@ -44,12 +45,9 @@ def modality(model: PreTrainedModel) -> str:
 def load_preprocessor(name_or_path: str, kind: str) -> Any:
     """The image processor or tokenizer saved with the model."""
     try:
-        if kind == "image":
-            return AutoImageProcessor.from_pretrained(name_or_path)
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        what = "image processor" if kind == "image" else "tokenizer"
-        raise CLIError(f"{name_or_path!r} has no {what}; save one next to the model") from err
+        return load_processor(name_or_path, kind)
+    except ValueError as err:
+        raise CLIError(str(err)) from err
 
 
 def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,11 +10,10 @@ import torch
 from datasets import Dataset, IterableDataset
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import AutoImageProcessor
 from transformers.utils.logging import tqdm
 
 from ..adapters import adapter_class_for_config
-from ..model_io import model_device, model_dtype
+from ..model_io import load_processor, model_device, model_dtype
 from .data import check_columns
 from .metrics import TopKAccuracy
 
@@ -26,10 +25,7 @@ def resolve_image_processor(model: nn.Module, processor: Any | None = None) -> A
     source = getattr(getattr(model, "config", None), "_name_or_path", "") or getattr(model, "name_or_path", "")
     if not source:
         raise ValueError("The model has no name_or_path to load an image processor from; pass processor=...")
-    try:
-        return AutoImageProcessor.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"Could not load an image processor for {source!r} ({err}); pass processor=...") from err
+    return load_processor(source, "image")
 
 
 @dataclass

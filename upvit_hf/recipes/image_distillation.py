@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, Image
 from transformers import (
-    AutoImageProcessor,
     AutoModelForImageClassification,
     EvalPrediction,
     HfArgumentParser,
@@ -34,6 +33,7 @@ from transformers.image_processing_base import ImageProcessingMixin
 
 from ..adapters import adapter_class_for_config
 from ..distillation import DistillationTrainer, EMACallback
+from ..model_io import load_processor
 from .common import (
     DistillationDataArguments,
     DistillationModelArguments,
@@ -181,8 +181,8 @@ def saved_image_processor(*names_or_paths: str) -> Any | None:
     """The first image processor saved with one of the models (saved with the student so it stays usable)."""
     for name in names_or_paths:
         try:
-            return AutoImageProcessor.from_pretrained(name)
-        except (OSError, ValueError):
+            return load_processor(name, "image")
+        except ValueError:
             continue
     return None
 
