@@ -197,3 +197,21 @@ def test_model_card_snippet_loads_the_saved_class_in_a_fresh_interpreter(make, t
     out = subprocess.run([sys.executable, "-c", CARD_SNIPPET_RUN, str(tmp_path)], capture_output=True, text=True,
                          stdin=subprocess.DEVNULL, check=True).stdout
     assert out.strip().splitlines()[-1] == type(model).__name__
+
+
+def test_recipes_refuse_a_student_their_auto_class_would_give_a_new_head(tmp_path):
+    """`AutoModelForCausalLM.from_pretrained` on a GPT2Model checkpoint adds a randomly initialized LM head; the
+    recipes load the saved class and refuse it instead."""
+    from transformers import AutoModelForCausalLM, GPT2LMHeadModel, GPT2Model
+
+    from upvit_hf.recipes.common import DistillationModelArguments, load_student_and_teacher
+
+    GPT2Model(gpt2_config()).save_pretrained(tmp_path / "student")
+    GPT2LMHeadModel(gpt2_config()).save_pretrained(tmp_path / "teacher")
+    args = DistillationModelArguments(student=str(tmp_path / "student"), teacher=str(tmp_path / "teacher"))
+    with pytest.raises(ValueError, match="the student .* is a GPT2Model; this recipe distils models that "
+                                         "AutoModelForCausalLM loads"):
+        load_student_and_teacher(args, AutoModelForCausalLM)
+    args.student = args.teacher
+    student, teacher = load_student_and_teacher(args, AutoModelForCausalLM)
+    assert type(student) is type(teacher) is GPT2LMHeadModel
