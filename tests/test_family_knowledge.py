@@ -67,8 +67,9 @@ def _docstrings(tree: ast.AST) -> set[int]:
     ids = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            ids.add(id(body[0].value))
+        first = body[0] if isinstance(body, list) and body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+            ids.add(id(first.value))
     return ids
 
 
@@ -109,7 +110,8 @@ def _violations(path: Path, package: str) -> list[str]:
             operands = [node.left, *node.comparators]
             # `x.model_type`, `model_type`, `d["model_type"]`, `type(m).__name__` (not a module's bare `__name__`)
             names = [o.attr if isinstance(o, ast.Attribute) else getattr(o, "id", None) for o in operands]
-            names += [o.slice.value for o in operands if isinstance(o, ast.Subscript) and isinstance(o.slice, ast.Constant)]
+            names += [o.slice.value for o in operands
+                      if isinstance(o, ast.Subscript) and isinstance(o.slice, ast.Constant)]
             class_names = [o for o in operands if isinstance(o, ast.Attribute) and o.attr == "__name__"]
             if ("model_type" in names or class_names) and any(
                     isinstance(o, ast.Constant) and isinstance(o.value, str) for o in operands):

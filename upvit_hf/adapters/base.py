@@ -165,7 +165,8 @@ class ModelAdapter(ABC):
         """The class a checkpoint of `config` was saved as (`config.architectures[0]`) if this family supports
         it, else None (loading another class would drop or re-initialize heads). A config without
         `architectures` describes the backbone: the class `AutoModel` maps it to."""
-        names = getattr(config, "architectures", None) or [c.__name__ for c in _mapped_classes(AutoModel, type(config))]
+        backbones = _mapped_classes(AutoModel, type(config))
+        names = getattr(config, "architectures", None) or [c.__name__ for c in backbones]
         return next((c for c in cls.model_classes if names and c.__name__ == names[0]), None)
 
     @classmethod

@@ -11,11 +11,12 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedModel
 
 from ..adapters import adapter_class_for_config, load_pretrained
-from ..model_io import load_processor
 from ..evaluation.complexity import max_positions
 from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_image_dataset, load_text
+from ..model_io import load_processor
 from ..proxy import image_proxy, text_proxy
 from ..targets import PruningTarget
+
 
 class CLIError(ValueError):
     """Bad input to the command line: reported as one line on stderr, exit code 2."""

@@ -31,7 +31,9 @@ class DistillationDataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluation samples."})
 
 
-def load_student_and_teacher(args: DistillationModelArguments, auto_class: type) -> tuple[PreTrainedModel, PreTrainedModel]:
+def load_student_and_teacher(
+    args: DistillationModelArguments, auto_class: type
+) -> tuple[PreTrainedModel, PreTrainedModel]:
     """Student and teacher as the classes their checkpoints were saved as (no head dropped or added); ValueError
     unless both are models the recipe distils: classes that `auto_class` loads."""
     models = []
