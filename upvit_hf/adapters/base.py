@@ -77,6 +77,10 @@ class ModelAdapter(ABC):
     """True where the stock architecture derives head_dim as hidden_size // heads (no separate key)."""
     required_inputs: ClassVar[tuple[str, ...]] = ()
     optional_inputs: ClassVar[tuple[str, ...]] = ()
+    uses_memory: ClassVar[bool] = False
+    """True where the model carries memories across segments (perplexity uses the memory protocol)."""
+    needs_remote_code: ClassVar[bool] = False
+    """True where transformers has no class for the family: loading needs `import upvit_hf` or trust_remote_code."""
 
     def __init__(self, model: PreTrainedModel):
         self.model = model
@@ -85,6 +89,12 @@ class ModelAdapter(ABC):
             self._param_names.setdefault(id(param), []).append(name)
 
     # ------------------------------------------------------------------ config
+    @classmethod
+    def legacy_tokenizer(cls, name_or_path: str) -> Any | None:
+        """A tokenizer converted from files an older transformers saved, for a model `AutoTokenizer` cannot
+        load a tokenizer for; None where the family has no such files."""
+        return None
+
     @classmethod
     @abstractmethod
     def read_widths(cls, config: PretrainedConfig) -> Widths:

@@ -35,9 +35,11 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import PretrainedConfig, PreTrainedTokenizerFast
+from transformers.utils import cached_file
 
 from ..models.transfo_xl import TransfoXLLMHeadModel, TransfoXLModel
+from ..models.transfo_xl.tokenization_transfo_xl import VOCAB_FILE, convert_vocab
 from .base import Branch, Context, ModelAdapter, ParamSlice, Widths
 
 R_BIASES = ("r_w_bias", "r_r_bias")
@@ -57,6 +59,14 @@ class TransfoXLAdapter(ModelAdapter):
     model_classes = (TransfoXLLMHeadModel, TransfoXLModel)
     required_inputs = ("input_ids",)
     optional_inputs = ("attention_mask",)
+    uses_memory = True
+    needs_remote_code = True
+
+    @classmethod
+    def legacy_tokenizer(cls, name_or_path: str) -> PreTrainedTokenizerFast | None:
+        """The tokenizer of a 4.x checkpoint's ``vocab.pkl`` (read with a restricted unpickler), if it has one."""
+        vocab = cached_file(name_or_path, VOCAB_FILE, _raise_exceptions_for_missing_entries=False)
+        return None if vocab is None else convert_vocab(vocab)
     half_block_prefixes = (("dec_attn.",), ("pos_ff.",))
 
     def __init__(self, model):

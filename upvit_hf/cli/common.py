@@ -18,12 +18,15 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
 )
+from transformers.utils import logging
 
-from ..adapters import adapter_for
+from ..adapters import adapter_class_for_config, adapter_for
 from ..evaluation.complexity import max_positions
 from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_image_dataset, load_text
 from ..proxy import image_proxy, text_proxy
 from ..targets import PruningTarget
+
+logger = logging.get_logger(__name__)
 
 AUTO_CLASS_BY_SUFFIX = (
     (("ForImageClassification", "ForImageClassificationWithTeacher"), AutoModelForImageClassification),
@@ -60,12 +63,19 @@ def modality(model: PreTrainedModel) -> str:
 
 
 def load_preprocessor(name_or_path: str, kind: str) -> Any:
-    """The image processor or tokenizer saved with the model."""
+    """The image processor or tokenizer saved with the model; for a model whose tokenizer only an older
+    transformers can load, the one its adapter converts (in memory; the model folder is not touched)."""
     try:
         if kind == "image":
             return AutoImageProcessor.from_pretrained(name_or_path)
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
+        converted = None if kind == "image" else adapter_class_for_config(load_config(name_or_path)).legacy_tokenizer(
+            name_or_path
+        )
+        if converted is not None:
+            logger.warning(f"{name_or_path}: no tokenizer transformers 5 can load; converted the 4.x vocabulary")
+            return converted
         what = "image processor" if kind == "image" else "tokenizer"
         raise CLIError(f"{name_or_path!r} has no {what}; save one next to the model") from err
 
