@@ -31,7 +31,8 @@ Layout facts this adapter relies on:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -61,6 +62,20 @@ class TransfoXLAdapter(ModelAdapter):
     optional_inputs = ("attention_mask",)
     uses_memory = True
     needs_remote_code = True
+
+    @contextmanager
+    def memory_settings(self, *, mem_len: int, clamp_len: int, same_length: bool) -> Iterator[None]:
+        """Evaluate with these memory settings (the model reads them from its config on every forward)."""
+        config = self.model.config
+        wanted = {"mem_len": mem_len, "clamp_len": clamp_len, "same_length": same_length}
+        saved = {key: getattr(config, key) for key in wanted}
+        for key, value in wanted.items():
+            setattr(config, key, value)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                setattr(config, key, value)
 
     @classmethod
     def legacy_tokenizer(cls, name_or_path: str) -> PreTrainedTokenizerFast | None:
