@@ -11,11 +11,13 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 
+from .adapters import adapter_class_for_config
 from .evaluation.complexity import count_parameters, model_stats
 
 RECORD_KEY = "upvit_pruning"
@@ -220,20 +222,36 @@ def build_model_card(
     body += _setup_section(record)
     body += _metrics_section(stored["metrics"])
     auto_class = _AUTO_CLASSES.get(pipeline_tag or "", "AutoModel")
+    remote = _needs_remote_code(model_type)
+    location, trust = repo_id or "path/to/this/model", ", trust_remote_code=True" if remote else ""
+    # With remote code, AutoTokenizer reads the (custom) config too, so it needs the flag as well.
+    tokenizer = remote and pipeline_tag == "text-generation"
     body += [
         "## Usage",
         "",
         "```python",
-        f"from transformers import {auto_class}",
+        f"from transformers import {auto_class}{', AutoTokenizer' if tokenizer else ''}",
         "",
-        f'model = {auto_class}.from_pretrained("{repo_id or "path/to/this/model"}")',
+        f'model = {auto_class}.from_pretrained("{location}"{trust})',
+        *([f'tokenizer = AutoTokenizer.from_pretrained("{location}"{trust})'] if tokenizer else []),
         "```",
         "",
+        *(["transformers has no class for this architecture: the model code ships with the checkpoint "
+           "(`trust_remote_code=True`), or `import upvit_hf` first to load it without remote code.", ""]
+          if remote else []),
         "Pruned widths change the function; UP-ViTs recovers accuracy by fine-tuning with distillation "
         "from the original model.",
         "",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
+
+
+def _needs_remote_code(model_type: str | None) -> bool:
+    """Whether the family's adapter says stock transformers cannot load it (an unknown family: no)."""
+    try:
+        return adapter_class_for_config(SimpleNamespace(model_type=model_type)).needs_remote_code
+    except ValueError:
+        return False
 
 
 def _saved_parameter_count(folder: Path) -> int | None:
