@@ -85,3 +85,16 @@ def test_cli_evaluate_on_a_4x_folder_converts_the_vocabulary(tmp_path):
     assert metrics["num_tokens"] == PROTOCOL["num_tokens"]
     assert metrics["total_nll"] == pytest.approx(PROTOCOL["total_nll"], rel=1e-5, abs=1e-4)
     assert not (FOLDER / "tokenizer.json").exists()  # converted in memory; the model folder is untouched
+
+
+def test_dataset_rows_are_lines_as_in_hub_wikitext(model_and_tokenizer, tmp_path):
+    """Hub WikiText rows are the file's lines: text rows end with "\\n", blank lines are ""."""
+    from datasets import Dataset, DatasetDict
+
+    model, tokenizer = model_and_tokenizer
+    lines = (FIXTURES / "lines.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    rows = [line + "\n" if line else "" for line in lines]
+    DatasetDict(test=Dataset.from_dict({"text": rows})).save_to_disk(tmp_path / "wiki")
+    result = evaluate_perplexity(model, tokenizer, tmp_path / "wiki", progress=False, **SETTINGS)
+    assert result.num_tokens == PROTOCOL["num_tokens"]
+    assert result.total_nll == pytest.approx(PROTOCOL["total_nll"], rel=1e-5, abs=1e-4)
