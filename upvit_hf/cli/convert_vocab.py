@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ..adapters import adapter_class_for_config
-from .common import CLIError, load_config
+from .common import CLIError, load_config, path_arg
 
 EXAMPLE = """examples:
   upvit convert-vocab --model ./transfo-xl-wt103              # adds tokenizer.json next to vocab.pkl
@@ -21,15 +21,17 @@ def register(subparsers) -> None:
         "convert-vocab", help="convert a 4.x vocabulary (Transformer-XL vocab.pkl) into a fast tokenizer",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="hub id or local folder holding the 4.x vocabulary")
-    parser.add_argument("--output", help="folder to write the tokenizer files into (default: --model, a folder)")
+    parser.add_argument("--model", type=path_arg, required=True,
+                        help="hub id or local folder holding the 4.x vocabulary")
+    parser.add_argument("--output", type=path_arg,
+                        help="folder to write the tokenizer files into (default: --model, a folder)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace tokenizer files that already exist there (e.g. 4.x's tokenizer_config.json)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    output = Path(args.output or args.model).expanduser()
+    output = Path(args.output or args.model)
     if args.output is None and not output.is_dir():
         raise CLIError(f"{args.model!r} is not a local folder; pass --output")
     tokenizer = adapter_class_for_config(load_config(args.model)).legacy_tokenizer(args.model)

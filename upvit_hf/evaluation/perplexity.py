@@ -18,12 +18,10 @@ from transformers.utils.logging import tqdm
 
 from ..adapters import adapter_for
 from .complexity import max_positions
-from .data import DEFAULT_TEXT_CONFIG, DEFAULT_TEXT_DATASET, load_text
+from .data import DEFAULT_TEXT_CONFIG, DEFAULT_TEXT_DATASET, load_text, text_documents
 from .metrics import Perplexity
 
 IGNORE_INDEX = -100
-ROW_SEPARATOR = "\x1e"
-"""Joins dataset rows for `load_text` so the rows can be told apart again (ASCII record separator)."""
 
 
 @dataclass(frozen=True)
@@ -255,8 +253,7 @@ def evaluate_perplexity(
     """
     adapter = adapter_for(model)
     if adapter.uses_memory:
-        text = load_text(data, config_name, split, text_column=text_column, separator=ROW_SEPARATOR)
-        rows = text.split(ROW_SEPARATOR)
+        rows = text_documents(data, config_name, split, text_column=text_column)  # in order: lines or rows
         ids = line_stream(tokenizer, "".join(row if row.endswith("\n") else row + "\n" for row in rows))
         ids = ids if max_tokens is None else ids[:max_tokens]
         with adapter.memory_settings(mem_len=mem_len, clamp_len=clamp_len, same_length=same_length):
