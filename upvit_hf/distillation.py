@@ -23,11 +23,12 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
+from .model_io import IGNORE_INDEX, logits_of
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["DistillationTrainer", "EMACallback", "LossParts", "count_loss_items", "distillation_loss_parts"]
 
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -166,10 +167,6 @@ def distillation_loss_parts(
     return LossParts(terms[0], terms[1], torch.tensor(index.numel(), device=student.device))
 
 
-def _logits_of(outputs: Any) -> torch.Tensor:
-    return outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-
-
 class DistillationTrainer(Trainer):
     """A `Trainer` whose loss is CE + alpha * T^2 * KL to a frozen teacher (UP-ViTs fine-tuning, Eq. 2).
 
@@ -243,7 +240,7 @@ class DistillationTrainer(Trainer):
         teacher.eval()
         try:
             with torch.no_grad(), self.accelerator.autocast():
-                return _logits_of(teacher(**inputs))
+                return logits_of(teacher(**inputs))
         finally:
             teacher.train(was_training)
 
@@ -267,7 +264,7 @@ class DistillationTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        student_logits = _logits_of(outputs)
+        student_logits = logits_of(outputs)
 
         teacher_logits = self._teacher_logits(inputs)
 

@@ -58,10 +58,11 @@ def _unique(params: list[torch.Tensor | None]) -> list[torch.Tensor]:
 class TransfoXLAdapter(ModelAdapter):
     model_types = ("transfo-xl",)
     model_classes = (TransfoXLLMHeadModel, TransfoXLModel)
+    modality = "text"
+    uses_memory = True
+    needs_remote_code = True  # removed from transformers 5: our implementation, registered by `import upvit_hf`
     required_inputs = ("input_ids",)
     optional_inputs = ("attention_mask",)
-    uses_memory = True
-    needs_remote_code = True
 
     @contextmanager
     def memory_settings(self, *, mem_len: int, clamp_len: int, same_length: bool) -> Iterator[None]:

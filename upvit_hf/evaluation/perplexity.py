@@ -17,11 +17,11 @@ from torch import nn
 from transformers.utils.logging import tqdm
 
 from ..adapters import adapter_for
+from ..model_io import IGNORE_INDEX, logits_of, model_device
 from .complexity import max_positions
 from .data import DEFAULT_TEXT_CONFIG, DEFAULT_TEXT_DATASET, load_text, text_documents
 from .metrics import Perplexity
 
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -75,20 +75,6 @@ def sliding_windows(num_tokens: int, max_length: int, stride: int) -> list[Windo
     return windows
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _logits_of(output: Any) -> torch.Tensor | None:
-    """The per-position scores of a model output (`logits`, or `prediction_scores` of Transformer-XL)."""
-    for name in ("logits", "prediction_scores"):
-        value = output.get(name) if hasattr(output, "get") else getattr(output, name, None)
-        if isinstance(value, torch.Tensor) and value.dim() == 3:
-            return value
-    return None
-
-
 def _summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed NLL (float64) and number of scored tokens of next-token prediction."""
     shift_logits = logits[:, :-1].float()
@@ -136,7 +122,7 @@ def sliding_window_perplexity(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     windows = sliding_windows(len(ids), max_length, stride)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     metric = Perplexity()
     # Windows of equal length can share a batch; only the last one is usually shorter.
     batches: list[list[Window]] = []
@@ -183,7 +169,7 @@ def mems_perplexity(
         raise ValueError(f"tgt_len must be positive, got {tgt_len}")
     if len(ids) < 2:
         raise ValueError(f"Need at least 2 tokens to score, got {len(ids)}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     metric = Perplexity()
     starts = range(0, len(ids) - 1, tgt_len)
     mems: Any = None
@@ -195,7 +181,7 @@ def mems_perplexity(
                 end = min(begin + tgt_len, len(ids) - 1)
                 inputs = ids[begin:end].unsqueeze(0).to(device)
                 output = model(input_ids=inputs, **({} if mems is None else {"mems": mems}))
-                logits = _logits_of(output)
+                logits = logits_of(output)
                 if logits is None:
                     raise ValueError("the model output has no per-position logits")
                 targets = ids[begin + 1 : end + 1].to(logits.device)
