@@ -1,0 +1,121 @@
+"""Fisher estimate of the KL importance: every channel of every component from one forward pass.
+
+Put a continuous mask m (all ones) on every channel, at the same taps and with the same removal semantics
+as the exact scorer: residual writers and the embedding output are multiplied by m, every residual
+LayerNorm weights its mean and variance by m (a stock LayerNorm at m = 1, physical removal at m_c = 0),
+attention q/k/v outputs and the FFN input are multiplied by m. At m = 1, KL(q ‖ p_m) has no first-order term
+in m, and its second-order term for channel c is the Fisher information of the mask:
+
+    score(c) = ½ · Σ_x E_{y~q(·|x)} [(∂ log p(y|x) / ∂m_c)²]
+
+which `KL(q ‖ p_c)` approaches when removing c is a small change. The masks have one row per sample, so one
+backward pass gives every sample's gradient.
+
+The expectation over y is exact (one backward per class, weighted by q) when each sample has one output over
+at most `EXACT_MAX_CLASSES` classes. Otherwise `labels_per_input` labels are drawn from the model's own q
+(seeded; never the data's labels), and for a language model per position: y_t ~ q_t independently at every
+(weighted) position t, and the per-sample gradient is that of Σ_t w_t log p_t(y_t). Its square is an unbiased
+estimate of Σ_t w_t² E[g_t²], the per-token Fisher sum (w_t² = w_t for 0/1 token weights): cross terms vanish in expectation because the y_t are
+independent and E_{y~q}[∂ log p(y)/∂m] = 0 at m = 1 (where p = q). One backward per drawn label set then
+covers every position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from ..adapters import ModelAdapter
+from ..scores import ImportanceScores
+from .exact import ProxyPass, log_probs
+from .masks import broadcast, channels_masked
+
+EXACT_MAX_CLASSES = 32
+"""Largest per-sample output space whose expectation over y is computed exactly (one backward per class)."""
+
+DEFAULT_LABELS_PER_INPUT = 1
+"""Labels drawn from q per input (per position for language models) when the expectation is not exact."""
+
+
+class FisherScorer:
+    """Fisher scores of all channels of all components in one pass over the proxy set.
+
+    `labels_per_input=None` takes the exact expectation where the output space is small (see
+    `EXACT_MAX_CLASSES`) and draws `DEFAULT_LABELS_PER_INPUT` labels otherwise; an integer always draws that
+    many. Each draw costs one backward pass per batch.
+    """
+
+    def __init__(self, adapter: ModelAdapter, labels_per_input: int | None = None, seed: int = 0,
+                 show_progress: bool = True):
+        if labels_per_input is not None and (isinstance(labels_per_input, bool) or not isinstance(labels_per_input, int)
+                                             or labels_per_input < 1):
+            raise ValueError(f"labels_per_input must be a positive integer or None, got {labels_per_input!r}")
+        self.proxy_pass = ProxyPass(adapter, 1, show_progress)
+        self.adapter, self.labels_per_input, self.seed = adapter, labels_per_input, seed
+        self.expectations: set[str] = set()
+
+    def score(self, proxy: Iterable[Mapping[str, Any]]) -> ImportanceScores:
+        widths = self.adapter.widths
+        layers = range(widths.num_hidden_layers)
+        totals = [torch.zeros(widths.hidden_size, dtype=torch.float64),
+                  *[torch.zeros(widths.attention_width, dtype=torch.float64) for _ in layers],
+                  *[torch.zeros(widths.intermediate_size, dtype=torch.float64) for _ in layers]]
+        generator = torch.Generator(device=self.adapter.model.device).manual_seed(self.seed)
+        self.expectations = set()
+        samples = self.proxy_pass.run(proxy, 1, "batch", "UP-ViTs Fisher scores",
+                                      lambda inputs, bar: self._score_batch(inputs, totals, generator, bar), grad=True)
+        count = widths.num_hidden_layers
+        meta = {"method": "fisher", "proxy_size": samples, "seed": self.seed,
+                "labels_per_input": self.labels_per_input,
+                "expectation": "exact" if self.expectations == {"exact"} else "sampled"}
+        if meta["expectation"] == "sampled":
+            meta["labels_drawn"] = self.labels_per_input or DEFAULT_LABELS_PER_INPUT
+        return ImportanceScores(totals[0], totals[1 : 1 + count], totals[1 + count :], meta=meta)
+
+    def _score_batch(self, inputs, totals: list[torch.Tensor], generator: torch.Generator, bar) -> int:
+        adapter = self.adapter
+        widths = adapter.widths
+        embedded, context = adapter.embed(inputs)
+        rows = embedded.shape[0]
+        ones = lambda width: embedded.new_ones(rows, width, requires_grad=True)  # noqa: E731
+        residual = ones(widths.hidden_size)
+        attention = [ones(widths.attention_width) for _ in range(widths.num_hidden_layers)]
+        ffn = [ones(widths.intermediate_size) for _ in range(widths.num_hidden_layers)]
+        masks = [residual, *attention, *ffn]
+        with channels_masked(adapter, residual, attention, ffn):
+            hidden = embedded * broadcast(residual, embedded)  # the embedding is the stream's first writer
+            for branch in adapter.branches():
+                hidden = branch(hidden, context)
+            logp = log_probs(adapter.readout(hidden, context))
+        weights = adapter.token_weights(inputs)
+        terms = list(self._log_likelihoods(logp, weights, generator))
+        for index, (loglik, coefficient) in enumerate(terms):
+            grads = torch.autograd.grad(loglik, masks, retain_graph=index < len(terms) - 1)
+            for total, grad in zip(totals, grads):  # row r of a mask's gradient is sample r's gradient
+                total += (0.5 * coefficient.unsqueeze(1) * grad.double().square()).sum(0).cpu()
+        bar.update(1)
+        return rows
+
+    def _log_likelihoods(self, logp: torch.Tensor, weights: torch.Tensor | None,
+                         generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(Σ of log-likelihoods to differentiate, per-sample coefficient of the squared gradient) pairs whose
+        weighted squares sum to the Fisher term: one per class (exact) or one per drawn label set."""
+        q = logp.detach().exp()
+        classes = logp.shape[-1]
+        if self.labels_per_input is None and logp.dim() == 2 and classes <= EXACT_MAX_CLASSES:
+            self.expectations.add("exact")
+            for label in range(classes):
+                yield logp[:, label].sum(), q[:, label]
+            return
+        self.expectations.add("sampled")
+        draws = self.labels_per_input or DEFAULT_LABELS_PER_INPUT
+        flat = q.reshape(-1, classes)
+        coefficient = logp.new_full((logp.shape[0],), 1.0 / draws)
+        for _ in range(draws):
+            labels = torch.multinomial(flat, 1, generator=generator).view(*logp.shape[:-1], 1)
+            picked = logp.gather(-1, labels).squeeze(-1)
+            if weights is not None:
+                picked = picked * weights.to(picked.dtype)
+            yield picked.sum(), coefficient
