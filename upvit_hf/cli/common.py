@@ -23,6 +23,7 @@ from ..adapters import adapter_for
 from ..evaluation.complexity import max_positions
 from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_image_dataset, load_text
 from ..proxy import image_proxy, text_proxy
+from ..scoring import METHODS
 from ..targets import PruningTarget
 
 AUTO_CLASS_BY_SUFFIX = (
@@ -81,10 +82,25 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seq-len", type=int, default=512, help="tokens per proxy sequence (language models)")
     group.add_argument("--batch-size", type=int, default=32, help="proxy samples per forward pass (default 32)")
     group.add_argument("--seed", type=int, default=0, help="seed of the proxy sample and of --method random")
-    group.add_argument("--method", default="kl", choices=("kl", "magnitude", "random"),
-                       help="importance criterion: kl (the paper's, exact) or a baseline")
+    group.add_argument("--method", default="kl", choices=METHODS,
+                       help="importance criterion: kl (the paper's, exact), fisher (its fast second-order "
+                            "estimate), hybrid (exact for residual and attention, Fisher for FFN) or a baseline")
+    group.add_argument("--labels-per-input", type=int, default=None, metavar="K",
+                       help="fisher/hybrid: labels drawn from the model's own output per input (per token for "
+                            "language models); default: exact expectation for <= 32 classes, else 1")
     group.add_argument("--variants-per-pass", type=int, default=16,
                        help="channel removals evaluated per forward pass; bounds memory (default 16)")
+
+
+def needs_proxy(method: str) -> bool:
+    """Whether a scoring method reads a proxy set (the baselines need no data)."""
+    return method in ("kl", "fisher", "hybrid")
+
+
+def score_with_arguments(pruner, args: argparse.Namespace, proxy):
+    """`pruner.score` with the method options of the proxy arguments."""
+    return pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass, seed=args.seed,
+                        labels_per_input=args.labels_per_input)
 
 
 def build_proxy(args: argparse.Namespace, model_name: str, model: PreTrainedModel) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..pruner import UPPruner
-from .common import add_proxy_arguments, build_proxy, load_model
+from .common import add_proxy_arguments, build_proxy, load_model, needs_proxy, score_with_arguments
 
 EXAMPLE = """example:
   upvit score --model facebook/deit-base-patch16-224 --dataset imagenet-1k --proxy-size 2000 \\
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     pruner = UPPruner(model)
-    proxy = build_proxy(args, args.model, model) if args.method == "kl" else None
-    scores = pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass, seed=args.seed)
+    proxy = build_proxy(args, args.model, model) if needs_proxy(args.method) else None
+    scores = score_with_arguments(pruner, args, proxy)
     scores.save(args.output)
     print(f"wrote {args.method} scores of {len(scores.ffn)} layers to {args.output}")

@@ -58,7 +58,7 @@ def merge(approximate: torch.Tensor, exact: torch.Tensor, above: torch.Tensor, i
           groups: int = 1) -> torch.Tensor:
     """Exact scores inside the band; approximate ones outside, shifted past the band's (per group)."""
     merged = approximate.double().clone().view(groups, -1)
-    exact, above, inside = exact.view(groups, -1), above.view(groups, -1), inside.view(groups, -1)
+    exact, above, inside = exact.double().view(groups, -1), above.view(groups, -1), inside.view(groups, -1)
     for group in range(groups):
         band = inside[group]
         if not band.any():
