@@ -307,3 +307,34 @@ def test_hybrid_takes_exact_kl_and_fisher_by_component(vit):
     assert hybrid.meta["exact_cost_fraction"] == pytest.approx(cost)
     with pytest.raises(ValueError, match="unknown components"):
         pruner.score(batches, method="hybrid", exact_components=("mlp",))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_fisher_scores_then_refined_prune(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from upvit_hf import ImportanceScores
+    from upvit_hf.cli import main
+    from tiny import tiny_tokenizer, word_corpus
+
+    tokenizer = tiny_tokenizer()
+    randomize(GPT2LMHeadModel(gpt2_config(vocab_size=len(tokenizer), n_head=4))).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    (tmp_path / "train.txt").write_text(word_corpus(seed=0))
+    proxy = ["--dataset", tmp_path / "train.txt", "--proxy-size", 4, "--seq-len", 8, "--batch-size", 2]
+    main([str(a) for a in ("score", "--model", tmp_path / "lm", *proxy, "--method", "fisher", "--labels-per-input", 2,
+                           "--output", tmp_path / "fisher.safetensors")])
+    meta = ImportanceScores.load(tmp_path / "fisher.safetensors").meta
+    assert (meta["method"], meta["labels_drawn"], meta["proxy_size"]) == ("fisher", 2, 4)
+
+    main([str(a) for a in ("prune", "--model", tmp_path / "lm", *proxy, "--scores", tmp_path / "fisher.safetensors",
+                           "--refine-band", 0.25, "--ratio", 0.5, "--output", tmp_path / "half")])
+    half = AutoModelForCausalLM.from_pretrained(tmp_path / "half")
+    assert half.config.n_embd == 4 and half.config.upvit_pruning["steps"][-1]["method"] == "refined"
+
+    for extra, message in ((["--refine-band", "0.1", "--num-layers", "1"], "width target"),
+                           (["--refine-band", "0.1", "--ratio", "0.5"], "approximate scores")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in ("prune", "--model", tmp_path / "lm", *proxy, *extra, "--output", tmp_path / "x")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
