@@ -12,12 +12,18 @@ which `KL(q ‖ p_c)` approaches when removing c is a small change. The masks ha
 backward pass gives every sample's gradient.
 
 The expectation over y is exact (one backward per class, weighted by q) when each sample has one output over
-at most `EXACT_MAX_CLASSES` classes. Otherwise `labels_per_input` labels are drawn from the model's own q
-(seeded; never the data's labels), and for a language model per position: y_t ~ q_t independently at every
-(weighted) position t, and the per-sample gradient is that of Σ_t w_t log p_t(y_t). Its square is an unbiased
-estimate of Σ_t w_t² E[g_t²], the per-token Fisher sum (w_t² = w_t for 0/1 token weights): cross terms vanish in expectation because the y_t are
-independent and E_{y~q}[∂ log p(y)/∂m] = 0 at m = 1 (where p = q). One backward per drawn label set then
-covers every position.
+at most `EXACT_MAX_CLASSES` classes. With `labels_per_input=K` such a model instead takes K backward passes:
+pass k differentiates each sample's own k-th most likely class (rows are separate samples, so every sample
+can have its own label in one pass), weighted by its q, and the last pass one label drawn from q restricted
+to the remaining classes, weighted by their total mass: unbiased, and exact once K covers all classes. A
+trained classifier's q is concentrated, so a few passes come close to the exact expectation even over 1000
+classes. Labels are drawn from the model's own q (seeded; never the data's labels). For a language model
+`K` labels are drawn per position:
+y_t ~ q_t independently at every (weighted) position t, and the per-sample gradient is that of
+Σ_t w_t log p_t(y_t). Its square is an unbiased estimate of Σ_t w_t² E[g_t²], the per-token Fisher sum
+(w_t² = w_t for 0/1 token weights): cross terms vanish in expectation because the y_t are independent and
+E_{y~q}[∂ log p(y)/∂m] = 0 at m = 1 (where p = q). One backward per draw then covers every position; the
+price is the cross terms' variance, which falls only with more sequences or draws.
 """
 
 from __future__ import annotations
@@ -35,16 +41,17 @@ from .masks import broadcast, channels_masked
 EXACT_MAX_CLASSES = 32
 """Largest per-sample output space whose expectation over y is computed exactly (one backward per class)."""
 
-DEFAULT_LABELS_PER_INPUT = 1
-"""Labels drawn from q per input (per position for language models) when the expectation is not exact."""
+DEFAULT_LABELS_PER_INPUT = 4
+"""Backward passes (labels per input, per position for language models) when the expectation is not exact."""
 
 
 class FisherScorer:
     """Fisher scores of all channels of all components in one pass over the proxy set.
 
     `labels_per_input=None` takes the exact expectation where the output space is small (see
-    `EXACT_MAX_CLASSES`) and draws `DEFAULT_LABELS_PER_INPUT` labels otherwise; an integer always draws that
-    many. Each draw costs one backward pass per batch.
+    `EXACT_MAX_CLASSES`) and `DEFAULT_LABELS_PER_INPUT` labels otherwise; an integer K always takes K (top
+    classes + one drawn from the rest for one output per sample, K draws per position for language models).
+    Each label costs one backward pass per batch.
     """
 
     def __init__(self, adapter: ModelAdapter, labels_per_input: int | None = None, seed: int = 0,
@@ -104,13 +111,13 @@ class FisherScorer:
         weighted squares sum to the Fisher term: one per class (exact) or one per drawn label set."""
         q = logp.detach().exp()
         classes = logp.shape[-1]
-        if self.labels_per_input is None and logp.dim() == 2 and classes <= EXACT_MAX_CLASSES:
-            self.expectations.add("exact")
-            for label in range(classes):
-                yield logp[:, label].sum(), q[:, label]
+        draws = self.labels_per_input or DEFAULT_LABELS_PER_INPUT
+        if logp.dim() == 2:  # one output per sample
+            exact = self.labels_per_input is None and classes <= EXACT_MAX_CLASSES or draws >= classes
+            self.expectations.add("exact" if exact else "sampled")
+            yield from self._top_and_rest(logp, q, classes if exact else draws - 1, generator)
             return
         self.expectations.add("sampled")
-        draws = self.labels_per_input or DEFAULT_LABELS_PER_INPUT
         flat = q.reshape(-1, classes)
         coefficient = logp.new_full((logp.shape[0],), 1.0 / draws)
         for _ in range(draws):
@@ -119,3 +126,18 @@ class FisherScorer:
             if weights is not None:
                 picked = picked * weights.to(picked.dtype)
             yield picked.sum(), coefficient
+
+    @staticmethod
+    def _top_and_rest(logp: torch.Tensor, q: torch.Tensor, top: int, generator: torch.Generator):
+        """Each sample's `top` most likely classes weighted by q, then (if any remain) one class drawn from
+        q over the rest, weighted by the rest's mass."""
+        order = torch.argsort(q, dim=1, descending=True)
+        rows = torch.arange(logp.shape[0], device=logp.device)
+        for k in range(top):
+            label = order[:, k]
+            yield logp[rows, label].sum(), q[rows, label]
+        if top < logp.shape[1]:
+            rest = q.scatter(1, order[:, :top], 0.0)
+            mass = rest.sum(1)
+            label = torch.multinomial(rest + (mass == 0).unsqueeze(1) * q, 1, generator=generator).squeeze(1)
+            yield logp[rows, label].sum(), mass
