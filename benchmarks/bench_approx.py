@@ -84,6 +84,28 @@ def jaccard(scores: ImportanceScores, exact: ImportanceScores, original: Widths,
             for name in COMPONENTS}
 
 
+def needed_bands(approximate: ImportanceScores, exact: ImportanceScores, pruned: Widths) -> dict[str, float]:
+    """Per component, the smallest band (fraction of the width, or of a head group's width) with which refining
+    `approximate` reproduces the exact kept sets: every exact-kept channel must rank above the band's bottom
+    and every exact-dropped one below its top. Known only in hindsight (it needs the exact scores)."""
+    def needed(a: torch.Tensor, e: torch.Tensor, keep: int, groups: int) -> float:
+        worst = 0
+        for a_group, e_group in zip(a.view(groups, -1), e.view(groups, -1)):
+            rank = torch.empty(len(a_group), dtype=torch.long)
+            rank[torch.argsort(a_group, descending=True, stable=True)] = torch.arange(len(a_group))
+            kept = torch.zeros(len(e_group), dtype=torch.bool)
+            kept[torch.topk(e_group, keep).indices] = True
+            worst = max(worst, *(rank[kept] - keep + 1).tolist(), *(keep - rank[~kept]).tolist())
+        return worst / (len(a) // groups)
+
+    heads = pruned.num_attention_heads
+    return {
+        "residual": needed(approximate.residual, exact.residual, pruned.hidden_size, 1),
+        "attention": max(needed(a, e, pruned.head_dim, heads) for a, e in zip(approximate.attention, exact.attention)),
+        "ffn": max(needed(a, e, pruned.intermediate_size, 1) for a, e in zip(approximate.ffn, exact.ffn)),
+    }
+
+
 def timed(run: Callable[[], ImportanceScores]) -> tuple[ImportanceScores, float]:
     start = time.perf_counter()
     scores = run()
@@ -119,13 +141,15 @@ def compare(teacher, proxy, evaluate: Callable[[Any], float], args, fisher_label
             **({"exact_cost_fraction": scores.meta["exact_cost_fraction"]} if name == "hybrid" else {}),
         })
     keep = args.keeps[0]  # refinement is for one cut: the evaluated one
-    for band in args.bands:
+    hindsight = needed_bands(default_fisher, exact, widths[keep])
+    for band in [*args.bands, hindsight]:
         refined, seconds = timed(lambda: pruner.refine(default_fisher, targets[keep], proxy, band=band,
                                                        variants_per_pass=32, show_progress=False))
         seconds += fisher_seconds
         agreement = jaccard(refined, exact, original, widths[keep])
         rows.append({
-            "criterion": f"refined (band {band:g})", "seconds": seconds, "speedup_vs_exact": exact_seconds / seconds,
+            "criterion": f"refined (band {band:g})" if isinstance(band, float) else "refined (needed bands)",
+            "band": band, "seconds": seconds, "speedup_vs_exact": exact_seconds / seconds,
             "spearman": spearman(refined, exact), "jaccard": {str(keep): agreement},
             "kept_sets_equal_exact": all(v == 1.0 for v in agreement.values()),
             "exact_cost_fraction": refined.meta["exact_cost_fraction"],

@@ -35,7 +35,7 @@ import torch
 
 from ..adapters import ModelAdapter
 from ..scores import ImportanceScores
-from .exact import ProxyPass, log_probs
+from .exact import ProxyPass
 from .masks import broadcast, channels_masked
 
 EXACT_MAX_CLASSES = 32
@@ -95,7 +95,10 @@ class FisherScorer:
             hidden = embedded * broadcast(residual, embedded)  # the embedding is the stream's first writer
             for branch in adapter.branches():
                 hidden = branch(hidden, context)
-            logp = log_probs(adapter.readout(hidden, context))
+            logits = adapter.readout(hidden, context)
+            # at least float32 (no float64: gradients, unlike the exact KL, suffer no cancellation, and a
+            # language model's float64 log-probabilities would double the largest tensor kept for backward)
+            logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
         weights = adapter.token_weights(inputs)
         terms = list(self._log_likelihoods(logp, weights, generator))
         for index, (loglik, coefficient) in enumerate(terms):
