@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--proxy-sequences", type=int, default=8, help="language proxy: sequences of 64 tokens")
     parser.add_argument("--labels", type=int, nargs="+", default=[1, 4, 16], help="Fisher label draws to compare")
     parser.add_argument("--bands", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="refinement bands")
-    parser.add_argument("--keeps", type=float, nargs="+", default=[0.5, 0.75],
+    parser.add_argument("--keeps", type=float, nargs="+", default=[0.75, 0.5],
                         help="keep ratios for Jaccard; the first is also the ratio of the evaluated pruned models")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
