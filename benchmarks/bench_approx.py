@@ -2,10 +2,9 @@
 
 Teachers are trained with the demo's code and recipes (upvit_hf/demo): a ViT on 8×8 digits (4 layers, 64 wide,
 FFN 128, 4 heads; --vision-hidden/--vision-ffn change it) and a GPT-2 on word-level Penn Treebank (2 layers,
-64 wide, FFN 256). "fisher (default)" is labels_per_input=None: the exact expectation over the digits' 10
-classes, 4 labels per token for the language model. For each
-criterion — exact KL, Fisher (exact expectation where the output has ≤ 32 classes, and several numbers of
-labels drawn from q), Fisher refined by exact KL in bands around the cut, hybrid (exact residual + attention,
+64 wide, FFN 256). The default Fisher takes 4 labels per input: the 3 most likely digits + one drawn from the
+rest, 4 drawn labels per token for the language model; refinement starts from it. For each
+criterion — exact KL, Fisher (with several numbers of labels per input), Fisher refined by exact KL in bands around the cut, hybrid (exact residual + attention,
 Fisher FFN), magnitude, random — it reports wall time and speed-up over exact, Spearman ρ against exact per
 component (attention and FFN: mean over layers), Jaccard of the kept sets at 50% and 75% keep, and the
 accuracy / perplexity of the pruned model before fine-tuning. Refined rows are refined for the cut of each
@@ -36,7 +35,7 @@ from upvit_hf.demo.data import TensorDictDataset, lm_blocks, load_digit_splits, 
 from upvit_hf.demo.recipe import language_recipe, vision_recipe
 from upvit_hf.demo.training import train
 from upvit_hf.proxy import image_proxy, text_proxy
-from upvit_hf.scoring import ChannelSubset
+from upvit_hf.scoring import DEFAULT_LABELS_PER_INPUT, ChannelSubset
 from upvit_hf.targets import PruningPlan
 
 COMPONENTS = ("residual", "attention", "ffn")
@@ -50,7 +49,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vision-hidden", type=int, default=64, help="ViT width (the demo's: 64)")
     parser.add_argument("--vision-ffn", type=int, default=128, help="ViT FFN width (the demo's: 128)")
     parser.add_argument("--proxy-sequences", type=int, default=8, help="language proxy: sequences of 64 tokens")
-    parser.add_argument("--labels", type=int, nargs="+", default=[1, 4, 16], help="Fisher label draws to compare")
+    parser.add_argument("--labels", type=int, nargs="+", default=[1, 16],
+                        help="labels per input of the Fisher runs besides the default (16 covers the digits' 10 "
+                             "classes: the exact expectation)")
     parser.add_argument("--bands", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="refinement bands")
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.75, 0.5],
                         help="keep ratios for Jaccard; the first is also the ratio of the evaluated pruned models")
@@ -112,9 +113,10 @@ def timed(run: Callable[[], ImportanceScores]) -> tuple[ImportanceScores, float]
     return scores, time.perf_counter() - start
 
 
-def compare(teacher, proxy, evaluate: Callable[[Any], float], args, fisher_labels: list[int | None]) -> dict:
+def compare(teacher, proxy, evaluate: Callable[[Any], float], args) -> dict:
     """Every criterion on one teacher and proxy set: timings, agreement with exact, pruned metric."""
     pruner = UPPruner(teacher)
+    fisher_labels = [DEFAULT_LABELS_PER_INPUT, *(k for k in args.labels if k != DEFAULT_LABELS_PER_INPUT)]
     original = pruner.adapter.widths
     targets = {keep: PruningTarget.from_ratio(teacher.config, keep) for keep in args.keeps}
     widths = {keep: pruner.check_target(t) for keep, t in targets.items()}
@@ -122,10 +124,10 @@ def compare(teacher, proxy, evaluate: Callable[[Any], float], args, fisher_label
     runs: dict[str, tuple[ImportanceScores, float]] = {}
     runs["exact"] = timed(lambda: pruner.score(proxy, variants_per_pass=32, show_progress=False))
     for labels in fisher_labels:
-        name = "fisher (default)" if labels is None else f"fisher ({labels} label{'s' * (labels > 1)})"
+        name = f"fisher ({labels} label{'s' * (labels > 1)}{', default' * (labels == DEFAULT_LABELS_PER_INPUT)})"
         runs[name] = timed(lambda: pruner.score(proxy, method="fisher", labels_per_input=labels, seed=args.seed,
                                                 show_progress=False))
-    default_fisher, fisher_seconds = runs[next(k for k in runs if k.startswith("fisher"))]  # labels=None
+    default_fisher, fisher_seconds = runs[next(k for k in runs if k.startswith("fisher"))]
     runs["hybrid"] = timed(lambda: pruner.score(proxy, method="hybrid", variants_per_pass=32, show_progress=False))
     runs["magnitude"] = timed(lambda: pruner.score(method="magnitude"))
     runs["random"] = timed(lambda: pruner.score(method="random", seed=args.seed))
@@ -174,7 +176,7 @@ def run_vision(args) -> dict:
     training = time.perf_counter() - start
     proxy = image_proxy(splits.train, splits.processor, size=64 if args.quick else args.proxy_images,
                         seed=args.seed, batch_size=50, image_mode="L")
-    result = compare(teacher, proxy, lambda m: vision.accuracy(m, splits), args, [None, *args.labels])
+    result = compare(teacher, proxy, lambda m: vision.accuracy(m, splits), args)
     return {"task": "digits ViT", "metric": "accuracy", "teacher_training_seconds": training, **result}
 
 
@@ -189,7 +191,7 @@ def run_language(args) -> dict:
     sequences = 2 if args.quick else args.proxy_sequences
     proxy = text_proxy(data.train, size=sequences, seq_len=recipe.block_size, seed=args.seed, batch_size=sequences)
     test = data.test[: 4096 if args.quick else 20000]
-    result = compare(teacher, proxy, lambda m: language.perplexity(m, test, recipe), args, [None, *args.labels])
+    result = compare(teacher, proxy, lambda m: language.perplexity(m, test, recipe), args)
     return {"task": "Penn Treebank GPT-2", "metric": f"perplexity ({len(test)} test tokens)",
             "teacher_training_seconds": training, **result}
 
@@ -209,7 +211,8 @@ def deit_b_projection(labels: list[int], bands: list[float]) -> dict:
     return {
         "exact_full_forward_equivalents": per_image * images,
         "exact_channel_variants": ChannelSubset.full(widths).count() * images,
-        **{f"fisher_{k}_labels": {"forwards": images, "backwards": images * k} for k in labels},
+        **{f"fisher_{k}_labels": {"forwards": images, "backwards": images * k}
+           for k in sorted({DEFAULT_LABELS_PER_INPUT, *labels})},
         **{f"refined_band_{b:g}_forward_equivalents": min(1.0, 2 * b) * per_image * images for b in bands},
     }
 

@@ -126,7 +126,7 @@ def vit_fisher_reference(model, batches) -> dict[str, torch.Tensor]:
 def test_fisher_equals_exact_expectation_of_squared_mask_gradients(vit):
     model, batches = vit
     reference = vit_fisher_reference(model, batches)
-    for labels in (None, 5):  # 5 labels of 5 classes: every class, exactly
+    for labels in (5, 16):  # at least as many labels as the 5 classes: every class, exactly
         scores = UPPruner(model).score(batches, method="fisher", labels_per_input=labels, show_progress=False)
         assert scores.meta["expectation"] == "exact"
         for name, values in flat(scores).items():
@@ -152,7 +152,7 @@ def test_top_classes_plus_one_drawn_from_the_rest_is_unbiased(vit):
 def test_fisher_is_the_second_order_term_of_the_kl_of_a_scaled_channel(vit):
     """KL(q ‖ p with channel c scaled by 1−ε) = score(c)·ε² + O(ε³): relative error shrinks with ε."""
     model, batches = vit
-    scores = flat(UPPruner(model).score(batches, method="fisher", show_progress=False))
+    scores = flat(UPPruner(model).score(batches, method="fisher", labels_per_input=5, show_progress=False))  # exact
     taps = vit_taps(model)
     inputs = {"pixel_values": torch.cat([b["pixel_values"] for b in batches])}
     with torch.no_grad():
@@ -198,12 +198,12 @@ def test_language_model_fisher_is_the_per_token_fisher_sum():
 def test_fisher_meta_and_bad_options(vit):
     model, batches = vit
     pruner = UPPruner(model)
-    exact = pruner.score(batches, method="fisher", show_progress=False)
+    default = pruner.score(batches, method="fisher", show_progress=False)
     sampled = pruner.score(batches, method="fisher", labels_per_input=2, seed=3, show_progress=False)
-    assert exact.meta["expectation"] == "exact" and exact.meta["method"] == "fisher"
-    assert sampled.meta["expectation"] == "sampled" and sampled.meta["labels_drawn"] == 2
+    assert default.meta["expectation"] == "sampled" and default.meta["labels_per_input"] == 4  # 4 of 5 classes
+    assert sampled.meta["expectation"] == "sampled" and sampled.meta["labels_per_input"] == 2
     assert sampled.meta["seed"] == 3 and sampled.meta["proxy_size"] == 5
-    for bad in (0, -1, 1.5, True):
+    for bad in (0, -1, 1.5, True, None):
         with pytest.raises(ValueError, match="labels_per_input"):
             pruner.score(batches, method="fisher", labels_per_input=bad)
     with pytest.raises(ValueError, match="proxy"):
@@ -349,7 +349,7 @@ def test_cli_fisher_scores_then_refined_prune(tmp_path, capsys):
     main([str(a) for a in ("score", "--model", tmp_path / "lm", *proxy, "--method", "fisher", "--labels-per-input", 2,
                            "--output", tmp_path / "fisher.safetensors")])
     meta = ImportanceScores.load(tmp_path / "fisher.safetensors").meta
-    assert (meta["method"], meta["labels_drawn"], meta["proxy_size"]) == ("fisher", 2, 4)
+    assert (meta["method"], meta["labels_per_input"], meta["proxy_size"]) == ("fisher", 2, 4)
 
     main([str(a) for a in ("prune", "--model", tmp_path / "lm", *proxy, "--scores", tmp_path / "fisher.safetensors",
                            "--refine-band", 0.25, "--ratio", 0.5, "--output", tmp_path / "half")])

@@ -14,6 +14,7 @@ from .record import RECORD_KEY, updated_record
 from .scores import BlockScores, ImportanceScores
 from .scoring import (
     COMPONENTS,
+    DEFAULT_LABELS_PER_INPUT,
     METHODS,
     ChannelSubset,
     ExactKLScorer,
@@ -48,15 +49,15 @@ class UPPruner:
         variants_per_pass: int = 16,
         seed: int = 0,
         show_progress: bool = True,
-        labels_per_input: int | None = None,
+        labels_per_input: int = DEFAULT_LABELS_PER_INPUT,
         exact_components: Iterable[str] = ("residual", "attention"),
     ) -> ImportanceScores:
         """Channel importance of all three components.
 
         `proxy` is any iterable of dict batches of model inputs (a DataLoader, a list; labels are
         ignored). `method="kl"` is the paper's exact criterion; `"fisher"` its second-order estimate from one
-        forward and a few backward passes (`labels_per_input`: labels drawn from the model's own output per
-        input, None for the exact expectation over up to 32 classes; see `scoring.fisher`); `"hybrid"` exact
+        forward and `labels_per_input` backward passes (labels from the model's own output per input, or per
+        token for language models; exact once it covers every class; see `scoring.fisher`); `"hybrid"` exact
         KL for `exact_components` and Fisher for the others; `"magnitude"` (L1 norm of the weights a channel
         touches) and `"random"` (seeded) are baselines that need no data.
         """
@@ -82,7 +83,7 @@ class UPPruner:
         return scores
 
     def _hybrid(self, proxy, exact_components: Iterable[str], variants_per_pass: int, seed: int,
-                show_progress: bool, labels_per_input: int | None) -> ImportanceScores:
+                show_progress: bool, labels_per_input: int) -> ImportanceScores:
         """Exact KL for `exact_components`, Fisher for the rest (FFN channels are most of the exact cost, and
         there Fisher ranks almost exactly)."""
         exact_components = tuple(exact_components)

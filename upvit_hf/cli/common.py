@@ -23,7 +23,7 @@ from ..adapters import adapter_for
 from ..evaluation.complexity import max_positions
 from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_image_dataset, load_text
 from ..proxy import image_proxy, text_proxy
-from ..scoring import METHODS
+from ..scoring import DEFAULT_LABELS_PER_INPUT, METHODS
 from ..targets import PruningTarget
 
 AUTO_CLASS_BY_SUFFIX = (
@@ -85,9 +85,9 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--method", default="kl", choices=METHODS,
                        help="importance criterion: kl (the paper's, exact), fisher (its fast second-order "
                             "estimate), hybrid (exact for residual and attention, Fisher for FFN) or a baseline")
-    group.add_argument("--labels-per-input", type=int, default=None, metavar="K",
-                       help="fisher/hybrid: labels drawn from the model's own output per input (per token for "
-                            "language models); default: exact expectation for <= 32 classes, else 1")
+    group.add_argument("--labels-per-input", type=int, default=DEFAULT_LABELS_PER_INPUT, metavar="K",
+                       help="fisher/hybrid: labels from the model's own output per input (per token for language "
+                            f"models), one backward pass each (default {DEFAULT_LABELS_PER_INPUT})")
     group.add_argument("--variants-per-pass", type=int, default=16,
                        help="channel removals evaluated per forward pass; bounds memory (default 16)")
 
