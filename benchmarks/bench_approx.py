@@ -2,14 +2,15 @@
 
 Teachers are trained with the demo's code and recipes (upvit_hf/demo): a ViT on 8×8 digits (4 layers, 64 wide,
 FFN 128, 4 heads; --vision-hidden/--vision-ffn change it) and a GPT-2 on word-level Penn Treebank (2 layers,
-64 wide, FFN 256). The default Fisher takes 4 labels per input: the 3 most likely digits + one drawn from the
-rest, 4 drawn labels per token for the language model; refinement starts from it. For each
-criterion — exact KL, Fisher (with several numbers of labels per input), Fisher refined by exact KL in bands around the cut, hybrid (exact residual + attention,
-Fisher FFN), magnitude, random — it reports wall time and speed-up over exact, Spearman ρ against exact per
-component (attention and FFN: mean over layers), Jaccard of the kept sets at 50% and 75% keep, and the
-accuracy / perplexity of the pruned model before fine-tuning. Refined rows are refined for the cut of each
-keep ratio's cut, the first of --keeps (their cost is the default Fisher pass plus the refinement). Finally the number of passes that
-scoring DeiT-B on 2000 images takes with each criterion. Prints a table per family and one JSON line.
+64 wide, FFN 256). For each criterion — exact KL, Fisher with several numbers of labels per input (the default
+4: the 3 most likely digits + one drawn from the rest; 4 drawn labels per token for the language model),
+default Fisher refined by exact KL in bands around the cut, hybrid (exact residual + attention, Fisher FFN),
+magnitude, random — it reports wall time and speed-up over exact, Spearman ρ against exact per component
+(attention and FFN: mean over layers), Jaccard of the kept sets at 75% and 50% keep, and the accuracy /
+perplexity of the model pruned to the first keep ratio, before fine-tuning. Refined rows refine that cut
+(their time includes the Fisher pass); "needed bands" are the per-component bands that, in hindsight,
+reproduce the exact kept sets. Finally the passes that scoring DeiT-B on 2000 images takes with each
+criterion. Prints a table per family and one JSON line.
 
     python benchmarks/bench_approx.py                          # both families; ~10 minutes on 2 CPU cores
     python benchmarks/bench_approx.py --family vision --quick  # a smoke run: ~1 minute
