@@ -4,7 +4,7 @@ Teachers are trained with the demo's code and recipes (upvit_hf/demo): a ViT on 
 FFN 128, 4 heads; --vision-hidden/--vision-ffn change it) and a GPT-2 on word-level Penn Treebank (2 layers,
 64 wide, FFN 256). For each criterion — exact KL, Fisher with several numbers of labels per input (the default
 4: the 3 most likely digits + one drawn from the rest; 4 drawn labels per token for the language model),
-default Fisher refined by exact KL in bands around the cut, hybrid (exact residual + attention, Fisher FFN),
+Fisher (--refine-from labels) refined by exact KL in bands around the cut, hybrid (exact residual + attention, Fisher FFN),
 magnitude, random — it reports wall time and speed-up over exact, Spearman ρ against exact per component
 (attention and FFN: mean over layers), Jaccard of the kept sets at 75% and 50% keep, and the accuracy /
 perplexity of the model pruned to the first keep ratio, before fine-tuning. Refined rows refine that cut
@@ -53,6 +53,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--labels", type=int, nargs="+", default=[1, 16],
                         help="labels per input of the Fisher runs besides the default (16 covers the digits' 10 "
                              "classes: the exact expectation)")
+    parser.add_argument("--refine-from", type=int, default=DEFAULT_LABELS_PER_INPUT,
+                        help="labels per input of the Fisher scores that refinement starts from (one of the runs)")
     parser.add_argument("--bands", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="refinement bands")
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.75, 0.5],
                         help="keep ratios for Jaccard; the first is also the ratio of the evaluated pruned models")
@@ -117,7 +119,7 @@ def timed(run: Callable[[], ImportanceScores]) -> tuple[ImportanceScores, float]
 def compare(teacher, proxy, evaluate: Callable[[Any], float], args) -> dict:
     """Every criterion on one teacher and proxy set: timings, agreement with exact, pruned metric."""
     pruner = UPPruner(teacher)
-    fisher_labels = [DEFAULT_LABELS_PER_INPUT, *(k for k in args.labels if k != DEFAULT_LABELS_PER_INPUT)]
+    fisher_labels = list(dict.fromkeys([DEFAULT_LABELS_PER_INPUT, *args.labels, args.refine_from]))
     original = pruner.adapter.widths
     targets = {keep: PruningTarget.from_ratio(teacher.config, keep) for keep in args.keeps}
     widths = {keep: pruner.check_target(t) for keep, t in targets.items()}
@@ -128,7 +130,7 @@ def compare(teacher, proxy, evaluate: Callable[[Any], float], args) -> dict:
         name = f"fisher ({labels} label{'s' * (labels > 1)}{', default' * (labels == DEFAULT_LABELS_PER_INPUT)})"
         runs[name] = timed(lambda: pruner.score(proxy, method="fisher", labels_per_input=labels, seed=args.seed,
                                                 show_progress=False))
-    default_fisher, fisher_seconds = runs[next(k for k in runs if k.startswith("fisher"))]
+    base, base_seconds = runs[next(k for k in runs if k.startswith(f"fisher ({args.refine_from} label"))]
     runs["hybrid"] = timed(lambda: pruner.score(proxy, method="hybrid", variants_per_pass=32, show_progress=False))
     runs["magnitude"] = timed(lambda: pruner.score(method="magnitude"))
     runs["random"] = timed(lambda: pruner.score(method="random", seed=args.seed))
@@ -144,11 +146,11 @@ def compare(teacher, proxy, evaluate: Callable[[Any], float], args) -> dict:
             **({"exact_cost_fraction": scores.meta["exact_cost_fraction"]} if name == "hybrid" else {}),
         })
     keep = args.keeps[0]  # refinement is for one cut: the evaluated one
-    hindsight = needed_bands(default_fisher, exact, widths[keep])
+    hindsight = needed_bands(base, exact, widths[keep])
     for band in [*args.bands, hindsight]:
-        refined, seconds = timed(lambda: pruner.refine(default_fisher, targets[keep], proxy, band=band,
+        refined, seconds = timed(lambda: pruner.refine(base, targets[keep], proxy, band=band,
                                                        variants_per_pass=32, show_progress=False))
-        seconds += fisher_seconds
+        seconds += base_seconds
         agreement = jaccard(refined, exact, original, widths[keep])
         rows.append({
             "criterion": f"refined (band {band:g})" if isinstance(band, float) else "refined (needed bands)",
