@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 from .adapters import Widths, adapter_for
 from .depth import remove_unit
 from .record import RECORD_KEY, updated_record
-from .scores import BlockScores, ImportanceScores
+from .scores import BlockScores, ImportanceScores, model_identity
 from .scoring import (
     COMPONENTS,
     DEFAULT_LABELS_PER_INPUT,
@@ -78,7 +78,7 @@ class UPPruner:
             scores = random_scores(self.adapter, seed)
         else:
             raise ValueError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
-        scores.meta.update(model=self.model.name_or_path or type(self.model).__name__,
+        scores.meta.update(model=model_identity(self.model),
                            widths=self.adapter.widths.as_dict())
         return scores
 
@@ -121,8 +121,7 @@ class UPPruner:
             raise ValueError("refine needs a proxy set: an iterable of dict batches of model inputs")
         refined = refine_scores(self.adapter, scores, self.check_target(target), proxy, band, variants_per_pass,
                                 show_progress)
-        refined.meta.update(model=self.model.name_or_path or type(self.model).__name__,
-                            widths=self.adapter.widths.as_dict())
+        refined.meta.update(model=model_identity(self.model), widths=self.adapter.widths.as_dict())
         return refined
 
     def check_target(self, target: PruningTarget) -> Widths:
@@ -131,8 +130,10 @@ class UPPruner:
         self.adapter.check_widths(widths)
         return widths
 
-    def prune(self, target: PruningTarget, scores: ImportanceScores) -> PreTrainedModel:
+    def prune(self, target: PruningTarget, scores: ImportanceScores, *, force: bool = False) -> PreTrainedModel:
         """A new model of the same class with the target widths; the original is untouched.
+
+        Scores recording another model or other widths than this one are refused (ValueError) unless `force`.
 
         Keeps the top-scored residual and FFN channels, merges groups of heads and keeps the top
         `head_dim` dims of each group, folds the changed attention scale into the query rows, and
@@ -141,6 +142,8 @@ class UPPruner:
         adapter = self.adapter
         original = adapter.widths
         pruned = self.check_target(target)
+        if not force:
+            scores.check_origin(self.model, original)
         plan = PruningPlan.from_scores(scores, original, pruned)
 
         state: StateDict = adapter.surgery_state()
@@ -174,7 +177,7 @@ class UPPruner:
         if proxy is None:
             raise ValueError("block scores need a proxy set: an iterable of dict batches of model inputs")
         scores = BlockKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy)
-        scores.meta.update(model=self.model.name_or_path or type(self.model).__name__,
+        scores.meta.update(model=model_identity(self.model),
                            widths=self.adapter.widths.as_dict())
         return scores
 
