@@ -26,7 +26,6 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from scipy.stats import spearmanr
 from transformers import GPT2LMHeadModel, ViTForImageClassification, set_seed
 
 from upvit_hf import ImportanceScores, PruningTarget, UPPruner
@@ -68,11 +67,18 @@ def per_component(scores: ImportanceScores) -> dict[str, list[torch.Tensor]]:
     return {"residual": [scores.residual], "attention": scores.attention, "ffn": scores.ffn}
 
 
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's ρ: Pearson correlation of the ranks (scores are continuous; ties are not averaged)."""
+    ranks = [torch.argsort(torch.argsort(x)).double() for x in (a, b)]
+    ranks = [r - r.mean() for r in ranks]
+    return float((ranks[0] * ranks[1]).sum() / (ranks[0].norm() * ranks[1].norm()))
+
+
 def spearman(scores: ImportanceScores, exact: ImportanceScores) -> dict[str, float]:
     """Spearman ρ per component (attention and FFN: mean over layers)."""
     ours, reference = per_component(scores), per_component(exact)
-    return {name: sum(float(spearmanr(a.numpy(), b.numpy())[0]) for a, b in zip(ours[name], reference[name]))
-            / len(ours[name]) for name in COMPONENTS}
+    return {name: sum(rank_correlation(a, b) for a, b in zip(ours[name], reference[name])) / len(ours[name])
+            for name in COMPONENTS}
 
 
 def kept(scores: ImportanceScores, original: Widths, pruned: Widths) -> dict[str, list[set[int]]]:
