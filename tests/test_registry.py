@@ -181,11 +181,11 @@ CARD_SNIPPET_RUN = textwrap.dedent("""
 """)
 
 
+# (Transformer-XL's snippet, with trust_remote_code and its tokenizer: tests/test_transfo_xl_cli.py)
 @pytest.mark.parametrize("make", [
     lambda: ViTForMaskedImageModeling(vit_config(encoder_stride=4)),
     lambda: GPT2DoubleHeadsModel(gpt2_config()),
-    lambda: TransfoXLLMHeadModel(_txl_config()),
-], ids=["mim-auto-class", "double-heads-own-class", "transfo-xl-remote-code"])
+], ids=["mim-auto-class", "double-heads-own-class"])
 def test_model_card_snippet_loads_the_saved_class_in_a_fresh_interpreter(make, tmp_path):
     from upvit_hf.model_card import write_model_card
     from upvit_hf.record import RECORD_KEY
