@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..adapters import ModelAdapter
-from ..scores import ImportanceScores
+from ..adapters import ModelAdapter, layer_widths
+from ..scores import ImportanceScores, pack_residual
 from .masks import attention_masked, broadcast, ffn_masked, residual_masked
 
 LOGITS_BUDGET = 2**20
@@ -92,61 +92,69 @@ class ExactKLScorer:
 
     def score(self, proxy: Iterable[Mapping[str, Any]]) -> ImportanceScores:
         widths = self.adapter.widths
-        layers = range(widths.num_hidden_layers)
-        residual = torch.zeros(widths.hidden_size, dtype=torch.float64)
-        attention = [torch.zeros(widths.attention_width, dtype=torch.float64) for _ in layers]
-        ffn = [torch.zeros(widths.intermediate_size, dtype=torch.float64) for _ in layers]
-        per_batch = widths.hidden_size + widths.num_hidden_layers * (widths.attention_width + widths.intermediate_size)
+        layers = [layer_widths(widths, layer) for layer in range(widths.num_hidden_layers)]
+        residual = [torch.zeros(stage.hidden_size, dtype=torch.float64) for stage in widths.stages]
+        attention = [torch.zeros(w.attention_width, dtype=torch.float64) for w in layers]
+        ffn = [torch.zeros(w.intermediate_size, dtype=torch.float64) for w in layers]
+        per_batch = sum(r.numel() for r in residual) + sum(w.attention_width + w.intermediate_size for w in layers)
         samples = self.proxy_pass.run(proxy, per_batch, "channel", "UP-ViTs KL scores",
                                  lambda inputs, bar: self._score_batch(inputs, residual, attention, ffn, bar))
-        return ImportanceScores(residual, attention, ffn, meta={"method": "kl", "proxy_size": samples})
+        return ImportanceScores(pack_residual(residual), attention, ffn, meta={"method": "kl", "proxy_size": samples})
 
     # ------------------------------------------------------------------ one proxy batch
     def _score_batch(self, inputs, residual, attention, ffn, bar) -> int:
         adapter = self.adapter
+        widths = adapter.widths
         embedded, context = adapter.embed(inputs)
         weights = adapter.token_weights(inputs)
-        branches = adapter.branches()
-        cache = [embedded]  # cache[i] is the input of branch i
-        for branch in branches:
-            cache.append(branch(cache[-1], context))
+        pieces = adapter.pieces()
+        steps = pieces.steps
+        cache = [embedded]  # cache[i] is the input of step i
+        for step in steps:
+            cache.append(step(cache[-1], context))
         rows = embedded.shape[0]
         reference = log_probs(adapter.readout(cache[-1], context))
 
+        def run(hidden: torch.Tensor, start: int, stacked, masks: torch.Tensor, zero_at: int | None) -> torch.Tensor:
+            """Steps `start`… on `hidden`; the stream is multiplied by `masks` before step `zero_at`."""
+            for index in range(start, len(steps)):
+                if index == zero_at:  # a stage's residual stream starts here: its first writer's output
+                    hidden = hidden * broadcast(masks, hidden)
+                hidden = steps[index](hidden, stacked)
+            return hidden
+
         def sweep(scores: torch.Tensor, start: int, masking: Masking, reference: torch.Tensor,
-                  mask_input: bool = False) -> None:
+                  zero_at: int | None = None) -> None:
             """Remove each channel in turn (variants stacked along the batch) and add its KL to `scores`."""
             width = scores.numel()
             for chunk in torch.arange(width).split(self.variants_per_pass):
                 variants = len(chunk)
                 masks = variant_masks(chunk, width, rows, embedded)
-                hidden = cache[start].repeat(variants, *([1] * (embedded.dim() - 1)))
-                if mask_input:  # the embedding is the residual stream's first writer
-                    hidden = hidden * broadcast(masks, hidden)
+                hidden = cache[start].repeat(variants, *([1] * (cache[start].dim() - 1)))
                 stacked = adapter.repeat_context(context, variants)
                 with masking(masks):
-                    for branch in branches[start:]:
-                        hidden = branch(hidden, stacked)
+                    hidden = run(hidden, start, stacked, masks, zero_at)
                 # the readout (masked final norm for residual variants) re-enters the masks of its rows
                 kl = self._kl(hidden, context, reference, weights, variants, lambda r: masking(masks[r]))
                 scores[chunk] += kl.cpu()
                 bar.update(variants)
 
-        def residual_masking(masks: torch.Tensor) -> AbstractContextManager:
-            return residual_masked(adapter, masks)
+        for stage, stage_scores in enumerate(residual):
+            def residual_masking(masks: torch.Tensor, stage=stage) -> AbstractContextManager:
+                return residual_masked(adapter, masks, stage)
 
-        # Masked LayerNorms round differently from stock ones: compare residual variants with the
-        # unpruned model evaluated through the same masked path.
-        keep_all = embedded.new_ones(rows, residual.numel())
-        with residual_masking(keep_all):
-            hidden = embedded
-            for branch in branches:
-                hidden = branch(hidden, context)
-            residual_reference = log_probs(adapter.readout(hidden, context))
-        sweep(residual, 0, residual_masking, residual_reference, mask_input=True)
+            entry, zero_at = pieces.stage_entries[stage], pieces.first_branch_step(widths, stage)
+            # Masked LayerNorms round differently from stock ones: compare residual variants with the
+            # unpruned model evaluated through the same masked path.
+            keep_all = embedded.new_ones(rows, stage_scores.numel())
+            with residual_masking(keep_all):
+                hidden = run(cache[entry], entry, context, keep_all, zero_at)
+                residual_reference = log_probs(adapter.readout(hidden, context))
+            sweep(stage_scores, entry, residual_masking, residual_reference, zero_at)
         for layer in range(len(attention)):
-            sweep(attention[layer], 2 * layer, lambda m: attention_masked(adapter, layer, m), reference)
-            sweep(ffn[layer], 2 * layer + 1, lambda m: ffn_masked(adapter, layer, m), reference)
+            attention_step, ffn_step = pieces.branch_steps[2 * layer], pieces.branch_steps[2 * layer + 1]
+            sweep(attention[layer], attention_step, lambda m: attention_masked(adapter, layer, m), reference)
+            sweep(ffn[layer], ffn_step, lambda m: ffn_masked(adapter, layer, m), reference)
         return rows
 
     def _kl(self, hidden, context, reference, weights, variants,
