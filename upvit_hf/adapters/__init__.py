@@ -6,10 +6,11 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from .base import AnyWidths, ModelAdapter, ParamSlice, StagedWidths, Widths, from_stages, layer_stages, layer_widths
 from .gpt2 import GPT2Adapter
+from .pvt_v2 import PvtV2Adapter
 from .transfo_xl import TransfoXLAdapter
 from .vit import ViTAdapter
 
-ADAPTERS: list[type[ModelAdapter]] = [ViTAdapter, GPT2Adapter, TransfoXLAdapter]
+ADAPTERS: list[type[ModelAdapter]] = [ViTAdapter, GPT2Adapter, TransfoXLAdapter, PvtV2Adapter]
 
 
 def _supported_classes() -> str:
