@@ -369,3 +369,46 @@ def test_pruned_models_reload_in_a_fresh_interpreter(tmp_path):
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path)
         assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_cli_scores_prunes_evaluates_and_writes_a_card(tmp_path, capsys):
+    import numpy as np
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    from PIL import Image as PILImage
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, PvtImageProcessorPil
+
+    from upvit_hf.cli import main
+
+    tiny(depths=[2, 2]).float().save_pretrained(tmp_path / "base")
+    PvtImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "base")
+    rng = np.random.default_rng(0)
+    images = [PILImage.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(8)]
+    features = Features({"image": Image(), "label": ClassLabel(num_classes=5)})
+    data = Dataset.from_dict({"image": images, "label": [i % 5 for i in range(8)]}, features=features)
+    DatasetDict(train=data, test=data).save_to_disk(tmp_path / "data")
+
+    main(["score", "--model", str(tmp_path / "base"), "--dataset", str(tmp_path / "data"), "--proxy-size", "6",
+          "--batch-size", "3", "--output", str(tmp_path / "s.safetensors")])
+    assert [len(r) for r in ImportanceScores.load(tmp_path / "s.safetensors").residual] == [8, 12]
+    main(["prune", "--model", str(tmp_path / "base"), "--scores", str(tmp_path / "s.safetensors"),
+          "--hidden-size", "4,6", "--num-heads", "2,3", "--intermediate-size", "8,12", "--output", str(tmp_path / "thin")])
+    main(["prune", "--model", str(tmp_path / "thin"), "--dataset", str(tmp_path / "data"), "--proxy-size", "6",
+          "--num-layers", "1,2", "--output", str(tmp_path / "pruned")])
+    pruned = AutoModelForImageClassification.from_pretrained(tmp_path / "pruned")
+    assert type(pruned) is PvtV2ForImageClassification
+    assert list(pruned.config.hidden_sizes) == [4, 6] and list(pruned.config.depths) == [1, 2]
+    assert type(AutoImageProcessor.from_pretrained(tmp_path / "pruned")).__name__.startswith("PvtImageProcessor")
+    card = (tmp_path / "thin" / "README.md").read_text()
+    assert "| 8 / 12 | 4 / 6 |" in card
+    main(["evaluate", "--model", str(tmp_path / "pruned"), "--dataset", str(tmp_path / "data"), "--split", "test",
+          "--output", str(tmp_path / "eval.json")])
+    assert (tmp_path / "eval.json").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", "--model", str(tmp_path / "base"), "--scores", str(tmp_path / "s.safetensors"),
+              "--hidden-size", "4,6,6", "--num-heads", "2,3,3", "--intermediate-size", "8,12,12",
+              "--output", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and "stage" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -17,6 +17,7 @@ from .common import (
     load_model,
     load_preprocessor,
     modality,
+    per_stage,
     target_from_arguments,
 )
 
@@ -25,6 +26,8 @@ EXAMPLE = """examples:
       --hidden-size 384 --num-heads 6 --intermediate-size 1536 --output up-deit-s
   upvit prune --model ./tiny-gpt2 --dataset ./ptb.txt --proxy-size 64 --seq-len 128 --ratio 0.5 --output ./half
   upvit prune --model ./tiny-vit --dataset ./digits --num-layers 3 --output ./shallow
+  upvit prune --model OpenGVLab/pvt_v2_b2 --dataset imagenet-1k --hidden-size 32,64,160,256 \
+      --num-heads 1,2,5,8 --intermediate-size 256,512,640,1024 --num-layers 2,2,2,2 --output ./up-pvt-v2-b0
 """
 
 
@@ -34,7 +37,8 @@ def register(subparsers) -> None:
     parser.add_argument("--model", required=True, help="hub id or local folder")
     parser.add_argument("--output", required=True, help="folder for the pruned model (written atomically)")
     parser.add_argument("--scores", help="scores file from `upvit score` (otherwise scored on the fly)")
-    parser.add_argument("--num-layers", type=int, help="also remove blocks progressively down to this depth")
+    parser.add_argument("--num-layers", type=per_stage, help="also remove blocks progressively down to this depth "
+                                                             "(hierarchical models: a total, or one per stage: 2,2,2,2)")
     add_target_arguments(parser)
     add_proxy_arguments(parser)
     parser.set_defaults(run=run)
