@@ -406,6 +406,13 @@ def test_cli_scores_prunes_evaluates_and_writes_a_card(tmp_path, capsys):
     main(["evaluate", "--model", str(tmp_path / "pruned"), "--dataset", str(tmp_path / "data"), "--split", "test",
           "--output", str(tmp_path / "eval.json")])
     assert (tmp_path / "eval.json").exists()
+    main(["distill", "--student", str(tmp_path / "pruned"), "--teacher", str(tmp_path / "base"), "--dataset",
+          str(tmp_path / "data"), "--eval_split", "test", "--output_dir", str(tmp_path / "distilled"), "--max_steps", "2",
+          "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no", "--use_cpu",
+          "--cutmix_alpha", "0"])
+    distilled = AutoModelForImageClassification.from_pretrained(tmp_path / "distilled")
+    assert type(distilled) is PvtV2ForImageClassification
+    assert not torch.equal(distilled.classifier.weight, pruned.classifier.weight)
     with pytest.raises(SystemExit) as exit_info:
         main(["prune", "--model", str(tmp_path / "base"), "--scores", str(tmp_path / "s.safetensors"),
               "--hidden-size", "4,6,6", "--num-heads", "2,3,3", "--intermediate-size", "8,12,12",

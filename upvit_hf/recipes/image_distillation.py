@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
 
     size, channels = student.config.image_size, student.config.num_channels
+    if isinstance(size, (list, tuple)):  # configs may hold (height, width), e.g. PVTv2
+        if len(set(size)) != 1:
+            raise ValueError(f"the distillation transforms make square images; the student's image_size is {size}")
+        size = size[0]
     mean, std = normalization(model_args.teacher, channels)
     common = dict(
         args=data_args, image_column=image_column, size=size, channels=channels, mean=mean, std=std,
