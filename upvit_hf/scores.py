@@ -123,7 +123,8 @@ class BlockScores:
     """Importance of the removable depth units; larger means more important.
 
     `block[i]` is Σ KL over the proxy set with block i skipped (both of its residual branches);
-    `hybrid[i]` with the FFN half of block i and the attention half of block i+1 skipped. Same semantics
+    `hybrid[i]` with the FFN half of block i and the attention half of block i+1 skipped. In a hierarchical
+    model a hybrid across two stages is no unit (a patch embedding lies between): its score is `inf`. Same semantics
     as channel scores (natural log, q the unpruned model's output, positions weighted for language models).
     """
 

@@ -5,7 +5,8 @@ adding one adapter file. An adapter answers three questions:
 
 * where the channels live: for each component, the state-dict tensors (and axes) a channel index selects;
 * how to run the model in pieces: embed → residual branches (two per layer) → readout, so a scorer can
-  cache the input of any branch and run only the suffix;
+  cache the input of any branch and run only the suffix; hierarchical models (PVTv2) add a transition at the
+  start of every stage (its patch embedding), and each stage has its own residual component and width;
 * where to tap the activations to mask a channel (writers into the residual stream, LayerNorms, the
   attention q/k/v outputs, the FFN activations) and which config keys hold the widths.
 """

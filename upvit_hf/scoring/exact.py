@@ -4,7 +4,8 @@ For every channel c: `score(c) = Σ_x KL(q(x) ‖ p_c(x))`, q the original outpu
 output with c removed (summed over token positions for language models). Two things make it fast while
 staying exact: many removals ("variants") are stacked along the batch dimension and evaluated in one
 pass through masks, and for channels inside layer l the input of that residual branch is computed once
-per batch, so each variant runs only the suffix of the network.
+per batch, so each variant runs only the suffix of the network. In a hierarchical model the residual
+channels of stage s run from the cached input of that stage's transition (its patch embedding) on.
 """
 
 from __future__ import annotations
