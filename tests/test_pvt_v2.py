@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from tiny import image_batches, pvt_v2_config, randomize
 from transformers import PvtV2Backbone, PvtV2Config, PvtV2ForImageClassification
 
-from upvit_hf import ImportanceScores, PruningTarget, UPPruner
+from upvit_hf import BlockScores, ImportanceScores, PruningTarget, UPPruner
+from upvit_hf.depth import BlockUnit, least_important_unit, remove_unit
 
 # ------------------------------------------------------------------ the reference forward
 
@@ -319,10 +320,15 @@ def test_block_scores_equal_skipped_branches_and_never_cross_a_stage():
     for layer in range(5):
         want = kl_sum(state, state, config, batches, skip={(layer, 0), (layer, 1)})
         torch.testing.assert_close(scores.block[layer], torch.tensor(want, dtype=torch.float64), rtol=1e-6, atol=1e-12)
-    for layer in (0, 1, 3):
+    for layer in range(4):  # hybrid 2: FFN of stage 0's last block + attention of stage 1's first
         want = kl_sum(state, state, config, batches, skip={(layer, 1), (layer + 1, 0)})
         torch.testing.assert_close(scores.hybrid[layer], torch.tensor(want, dtype=torch.float64), rtol=1e-6, atol=1e-12)
-    assert scores.hybrid[2] == float("inf")  # FFN of stage 0's last block + attention of stage 1's first
+    # the cross-stage hybrid is never removed, even when it scores lowest
+    rigged = BlockScores(scores.block + 1, torch.tensor([1.0, 1.0, 0.0, 1.0], dtype=torch.float64))
+    unit = least_important_unit(rigged, UPPruner(model).adapter.widths, [1, 1])
+    assert (unit.kind, unit.layer) == ("hybrid", 0)
+    with pytest.raises(ValueError, match="spans stages 0 and 1"):
+        remove_unit(UPPruner(model).adapter, BlockUnit.hybrid(2))
 
 
 def test_depth_pruning_removes_units_within_stages_and_computes_the_skipped_model():

@@ -112,7 +112,8 @@ def depth_floors(widths: AnyWidths, num_hidden_layers: int | tuple[int, ...] | l
 
 
 def least_important_unit(scores, widths: AnyWidths, floors: list[int]) -> BlockUnit:
-    """The least important unit (earliest on ties) among those in stages still deeper than their floor."""
+    """The least important unit (earliest on ties) among those in stages still deeper than their floor; a
+    hybrid across two stages is never one (its branches are not adjacent in a hierarchical model)."""
     stages = layer_stages(widths)
     by_branch = scores.by_branch().clone()
     for k in range(len(by_branch)):

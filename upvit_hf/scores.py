@@ -124,7 +124,8 @@ class BlockScores:
 
     `block[i]` is Σ KL over the proxy set with block i skipped (both of its residual branches);
     `hybrid[i]` with the FFN half of block i and the attention half of block i+1 skipped. In a hierarchical
-    model a hybrid across two stages is no unit (a patch embedding lies between): its score is `inf`. Same semantics
+    model a hybrid across two stages is scored likewise (the next stage's patch embedding still runs between
+    its branches) but is no removable unit: depth pruning never picks it. Same semantics
     as channel scores (natural log, q the unpruned model's output, positions weighted for language models).
     """
 

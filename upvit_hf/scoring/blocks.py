@@ -46,16 +46,13 @@ class BlockKLScorer:
         widths = self.adapter.widths
         num_layers = widths.num_hidden_layers
         units = torch.zeros(2 * num_layers - 1, dtype=torch.float64)
-        stages = layer_stages(widths)
-        # a hybrid across a stage boundary is no unit (the next stage's patch embedding lies between)
-        scored = [k for k in range(units.numel()) if stages[k // 2] == stages[(k + 1) // 2]]
-        samples = self.proxy_pass.run(proxy, len(scored), "unit", f"UP-ViTs block scores ({num_layers} blocks)",
-                                 lambda inputs, bar: self._score_batch(inputs, units, scored, bar))
-        units[[k for k in range(units.numel()) if k not in scored]] = float("inf")
+        samples = self.proxy_pass.run(proxy, units.numel(), "unit", f"UP-ViTs block scores ({num_layers} blocks)",
+                                 lambda inputs, bar: self._score_batch(inputs, units, bar))
         return BlockScores(units[0::2].clone(), units[1::2].clone(), meta={"method": "kl", "proxy_size": samples})
 
-    def _score_batch(self, inputs, units: torch.Tensor, scored: list[int], bar) -> int:
+    def _score_batch(self, inputs, units: torch.Tensor, bar) -> int:
         adapter = self.adapter
+        stages = layer_stages(adapter.widths)
         embedded, context = adapter.embed(inputs)
         weights = adapter.token_weights(inputs)
         pieces = adapter.pieces()
@@ -65,7 +62,19 @@ class BlockKLScorer:
             cache.append(step(cache[-1], context))
         reference = log_probs(adapter.readout(cache[-1], context))
 
-        for group in torch.tensor(scored, dtype=torch.long).split(self.variants_per_pass):
+        # A hybrid across two stages (FFN of a stage's last block, attention of the next stage's first) has
+        # the next stage's patch embedding between its branches: it is scored on its own, running that
+        # transition, and depth pruning never removes it (the stock architecture cannot express it).
+        crossing = [k for k in range(units.numel()) if stages[k // 2] != stages[(k + 1) // 2]]
+        for k in crossing:
+            hidden = cache[at[k]]
+            for j in range(at[k] + 1, len(steps)):
+                if j != at[k + 1]:
+                    hidden = steps[j](hidden, context)
+            units[k] += stacked_kl(adapter, hidden, context, reference, weights, 1).cpu()[0]
+            bar.update(1)
+        adjacent = [k for k in range(units.numel()) if k not in crossing]
+        for group in torch.tensor(adjacent, dtype=torch.long).split(self.variants_per_pass):
             first = int(group[0])
             # unit k skips branches k and k+1 (adjacent steps): it enters the stack with the cached input of
             # branch k just before the step after branch k+1
