@@ -1,7 +1,7 @@
 """UP-ViTs on a hierarchical, convolutional ViT: a small PVTv2 trained on scikit-learn's 8×8 digits.
 
 Train a two-stage PVTv2 (stage 0 with spatial reduction 2, stage 1 without), then cut every stage to half
-its width by the exact KL scores, by the L1 magnitude baseline and by random scores, and distil each
+its width, keeping its heads and FFN ratio (as PVTv2-B2 -> B0), by the exact KL scores, by the L1 magnitude baseline and by random scores, and distil each
 student from the teacher with the same recipe. Side by side in one run; prints a table and a JSON line.
 
     OMP_NUM_THREADS=1 python benchmarks/pvt_v2_digits.py            # ~15 minutes on one busy CPU core
@@ -51,7 +51,11 @@ def main() -> None:
     train(teacher, train_set, TrainRecipe(steps=teacher_steps, batch_size=64, learning_rate=1e-3), args.seed)
     proxy = [{"pixel_values": train_set.columns["pixel_values"][i:i + 64]} for i in range(0, args.proxy_size, 64)]
     pruner = UPPruner(teacher)
-    target = PruningTarget.from_ratio(teacher.config, args.ratio)
+    # the PVTv2-B2 -> B0 recipe: every stage keeps its heads and FFN ratio, its width scales by `ratio`
+    stages = pruner.adapter.widths.stages
+    hidden = [max(1, round(args.ratio * w.head_dim)) * w.num_attention_heads for w in stages]
+    target = PruningTarget(hidden_size=tuple(hidden), num_attention_heads=tuple(w.num_attention_heads for w in stages),
+                           intermediate_size=tuple(h * (w.intermediate_size // w.hidden_size) for h, w in zip(hidden, stages)))
     results = {"teacher": {"top1": accuracy(teacher), **model_stats(teacher)}}
     for method in ("kl", "magnitude", "random"):
         scores = pruner.score(proxy, method=method, seed=args.seed, show_progress=False)
