@@ -164,9 +164,9 @@ class DistillationTrainer(Trainer):
         # count the loss items of the whole accumulated (and, by default, all-process) batch for every student.
         self.model_accepts_loss_kwargs = True
 
-        self.teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False)
-        if getattr(getattr(teacher_model, "config", None), "use_cache", False):
-            teacher_model.config.use_cache = False  # a KV cache is only memory here
+        # The caller's teacher keeps its mode, `requires_grad` flags and config: it runs under no_grad and in
+        # eval mode only for the duration of each forward (see `_teacher_logits`). Only its device changes.
+        self.teacher_model = teacher_model.to(self.args.device)
         self.alpha = float(alpha)
         self.temperature = float(temperature)
 
@@ -187,6 +187,17 @@ class DistillationTrainer(Trainer):
             for b in batch_samples
         ]
         return super()._get_num_items_in_batch(proxies, device)
+
+    def _teacher_logits(self, inputs: Mapping[str, Any]) -> torch.Tensor:
+        """The teacher's logits without a graph, in eval mode (no dropout); its own mode is restored after."""
+        teacher = self.teacher_model
+        was_training = teacher.training
+        teacher.eval()
+        try:
+            with torch.no_grad(), self.accelerator.autocast():
+                return _logits_of(teacher(**inputs))
+        finally:
+            teacher.train(was_training)
 
     def compute_loss(
         self,
@@ -210,11 +221,7 @@ class DistillationTrainer(Trainer):
         outputs = model(**inputs)
         student_logits = _logits_of(outputs)
 
-        teacher = self.teacher_model
-        if teacher.training:
-            teacher.eval()
-        with torch.no_grad(), self.accelerator.autocast():
-            teacher_logits = _logits_of(teacher(**inputs))
+        teacher_logits = self._teacher_logits(inputs)
 
         parts = distillation_loss_parts(
             student_logits, teacher_logits, labels, self.temperature, self.args.label_smoothing_factor

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 from .adapters import AnyWidths, adapter_for, layer_widths
 from .depth import depth_floors, least_important_unit, remove_unit
 from .record import RECORD_KEY, updated_record
-from .scores import BlockScores, ImportanceScores
+from .scores import BlockScores, ImportanceScores, model_identity
 from .scoring import METHODS, ExactKLScorer, magnitude_scores, random_scores
 from .scoring.blocks import BlockKLScorer
 from .surgery import StateDict, keep_channels, scale_channels
@@ -56,7 +56,7 @@ class UPPruner:
             scores = random_scores(self.adapter, seed)
         else:
             raise ValueError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
-        scores.meta.update(model=self.model.name_or_path or type(self.model).__name__,
+        scores.meta.update(model=model_identity(self.model),
                            widths=self.adapter.widths.as_dict())
         return scores
 
@@ -66,8 +66,10 @@ class UPPruner:
         self.adapter.check_widths(widths)
         return widths
 
-    def prune(self, target: PruningTarget, scores: ImportanceScores) -> PreTrainedModel:
+    def prune(self, target: PruningTarget, scores: ImportanceScores, *, force: bool = False) -> PreTrainedModel:
         """A new model of the same class with the target widths; the original is untouched.
+
+        Scores recording another model or other widths than this one are refused (ValueError) unless `force`.
 
         Keeps the top-scored residual and FFN channels, merges groups of heads and keeps the top
         `head_dim` dims of each group, folds the changed attention scale into the query rows, and
@@ -76,6 +78,8 @@ class UPPruner:
         adapter = self.adapter
         original = adapter.widths
         pruned = self.check_target(target)
+        if not force:
+            scores.check_origin(self.model, original)
         plan = PruningPlan.from_scores(scores, original, pruned)
 
         state: StateDict = adapter.surgery_state()
@@ -111,7 +115,7 @@ class UPPruner:
         if proxy is None:
             raise ValueError("block scores need a proxy set: an iterable of dict batches of model inputs")
         scores = BlockKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy)
-        scores.meta.update(model=self.model.name_or_path or type(self.model).__name__,
+        scores.meta.update(model=model_identity(self.model),
                            widths=self.adapter.widths.as_dict())
         return scores
 

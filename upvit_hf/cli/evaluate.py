@@ -8,12 +8,19 @@ from ..evaluation import (
     evaluate_accuracy,
     evaluate_perplexity,
     image_throughput,
-    load_image_dataset,
     model_stats,
     token_throughput,
 )
-from ..evaluation.data import DEFAULT_TEXT_CONFIG
-from .common import load_model, load_preprocessor, modality, write_json
+from ..evaluation.data import DEFAULT_TEXT_CONFIG, load_split
+from .common import (
+    check_output_argument,
+    load_model,
+    load_preprocessor,
+    modality,
+    path_arg,
+    positive_int,
+    write_json,
+)
 
 EXAMPLE = """examples:
   upvit evaluate --model ./up-deit-s --dataset imagenet-1k --split validation --output eval.json
@@ -25,27 +32,29 @@ EXAMPLE = """examples:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="accuracy or perplexity, plus params, FLOPs and throughput",
                                    epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="hub id or local folder")
-    parser.add_argument("--dataset", help="default: imagenet-1k (image models) / wikitext (language models)")
+    parser.add_argument("--model", type=path_arg, required=True, help="hub id or local folder")
+    parser.add_argument("--dataset", type=path_arg, help="default: imagenet-1k (image models) / wikitext (language models)")
     parser.add_argument("--dataset-config", help=f"datasets config (text default: {DEFAULT_TEXT_CONFIG})")
     parser.add_argument("--split", help="default: validation (images) / test (text)")
     parser.add_argument("--column", help="image or text column (default: image / text)")
     parser.add_argument("--label-column", default="label", help="label column of image datasets")
-    parser.add_argument("--batch-size", type=int, default=64, help="evaluation and throughput batch size")
-    parser.add_argument("--max-samples", type=int, help="evaluate on the first N images only")
-    parser.add_argument("--max-length", type=int, help="sliding-window length (default: the model's maximum)")
-    parser.add_argument("--stride", type=int, help="sliding-window stride (default: half the window)")
-    parser.add_argument("--output", help="write the results here as JSON")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="evaluation and throughput batch size")
+    parser.add_argument("--max-samples", type=positive_int, help="evaluate on the first N images only")
+    parser.add_argument("--max-length", type=positive_int, help="sliding-window length (default: the model's maximum)")
+    parser.add_argument("--stride", type=positive_int, help="sliding-window stride (default: half the window)")
+    parser.add_argument("--output", type=path_arg, help="write the results here as JSON")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    check_output_argument(args.output, args.overwrite)
     model = load_model(args.model)
     kind = modality(model)
     preprocessor = load_preprocessor(args.model, kind)
     if kind == "image":
-        dataset = load_image_dataset(args.dataset or "imagenet-1k", args.split or "validation",
-                                     config_name=args.dataset_config)
+        dataset = load_split(args.dataset or "imagenet-1k", args.split or "validation",
+                             config_name=args.dataset_config, streaming=args.max_samples is not None)
         metrics = evaluate_accuracy(model, dataset, preprocessor, image_column=args.column or "image",
                                     label_column=args.label_column, batch_size=args.batch_size,
                                     max_samples=args.max_samples)
@@ -64,4 +73,4 @@ def run(args: argparse.Namespace) -> None:
     print("\n".join(f"{name:<{width}}  {value:,}" if isinstance(value, int) else f"{name:<{width}}  {value}"
                     for name, value in rows))
     if args.output:
-        write_json(args.output, report)
+        write_json(args.output, report, overwrite=args.overwrite)

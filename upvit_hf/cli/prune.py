@@ -12,11 +12,14 @@ from ..scores import ImportanceScores
 from .common import (
     CLIError,
     add_proxy_arguments,
+    add_output_arguments,
     add_target_arguments,
     build_proxy,
+    check_output_argument,
     load_model,
     load_preprocessor,
     modality,
+    path_arg,
     per_stage,
     target_from_arguments,
 )
@@ -34,17 +37,25 @@ EXAMPLE = """examples:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("prune", help="prune to target widths/depth and save a stock model",
                                    epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="hub id or local folder")
-    parser.add_argument("--output", required=True, help="folder for the pruned model (written atomically)")
-    parser.add_argument("--scores", help="scores file from `upvit score` (otherwise scored on the fly)")
-    parser.add_argument("--num-layers", type=per_stage, help="also remove blocks progressively down to this depth "
-                                                             "(hierarchical models: a total, or one per stage: 2,2,2,2)")
+    parser.add_argument("--model", type=path_arg, required=True, help="hub id or local folder")
+    add_output_arguments(parser, "folder for the pruned model (written atomically)")
+    parser.add_argument("--scores", type=path_arg, help="scores file from `upvit score` (otherwise scored on the fly)")
+    parser.add_argument("--force", action="store_true",
+                        help="use --scores even though they record another model or other widths")
+    parser.add_argument("--num-layers", type=per_stage,
+                        help="also remove blocks progressively down to this depth "
+                             "(hierarchical models: a total, or one per stage: 2,2,2,2)")
     add_target_arguments(parser)
     add_proxy_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    check_output_argument(args.output, args.overwrite)
+    if args.num_layers is not None and args.scores is not None:
+        raise CLIError("--scores cannot be combined with --num-layers: the widths are scored on the model the "
+                       "depth step leaves; drop --scores (scored on the fly) or prune depth first")
+    scores = ImportanceScores.load(args.scores) if args.scores is not None else None  # unreadable: fail first
     model = load_model(args.model)
     target = target_from_arguments(args, model.config)
     if target is None and args.num_layers is None:
@@ -53,7 +64,11 @@ def run(args: argparse.Namespace) -> None:
     kind = modality(model)
     pruner = UPPruner(model)
     if target is not None:
-        pruner.check_target(target)  # fail on an impossible target before any expensive work
+        pruner.check_target(target)  # fail on an impossible target or foreign scores before any expensive work
+    if scores is not None:
+        scores.check_matches(pruner.adapter.widths)
+        if not args.force:
+            scores.check_origin(model, pruner.adapter.widths)
     proxy = None
     if args.num_layers is not None or (target is not None and args.scores is None and args.method == "kl"):
         proxy = build_proxy(args, args.model, model)
@@ -62,14 +77,12 @@ def run(args: argparse.Namespace) -> None:
         pruned = pruner.prune_blocks(proxy, num_hidden_layers=args.num_layers)
         pruner = UPPruner(pruned)
     if target is not None:
-        if args.scores:
-            scores = ImportanceScores.load(args.scores)
-        else:
+        if scores is None:
             scores = pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass,
                                   seed=args.seed)
-        pruned = pruner.prune(target, scores)
+        pruned = pruner.prune(target, scores, force=args.force)
     original_stats, pruned_stats = model_stats(model), model_stats(pruned)
-    with atomic_path(args.output, directory=True) as tmp:
+    with atomic_path(args.output, directory=True, overwrite=args.overwrite) as tmp:
         pruned.save_pretrained(tmp)
         load_preprocessor(args.model, kind).save_pretrained(tmp)
         write_model_card(tmp, original_stats=original_stats, pruned_stats=pruned_stats)

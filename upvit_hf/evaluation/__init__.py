@@ -7,8 +7,12 @@ from .data import (
     DEFAULT_TEXT_CONFIG,
     DEFAULT_TEXT_DATASET,
     check_columns,
+    convert_images,
     load_image_dataset,
+    load_source,
+    load_split,
     load_text,
+    text_documents,
 )
 from .metrics import Perplexity, TopKAccuracy
 from .perplexity import (
@@ -33,6 +37,7 @@ __all__ = [
     "Window",
     "accepts_mems",
     "check_columns",
+    "convert_images",
     "count_flops",
     "count_parameters",
     "describe_inputs",
@@ -41,6 +46,8 @@ __all__ = [
     "evaluate_perplexity",
     "image_throughput",
     "load_image_dataset",
+    "load_source",
+    "load_split",
     "load_text",
     "max_positions",
     "measure_throughput",
@@ -49,5 +56,6 @@ __all__ = [
     "resolve_image_processor",
     "sliding_window_perplexity",
     "sliding_windows",
+    "text_documents",
     "token_throughput",
 ]

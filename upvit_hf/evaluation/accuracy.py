@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor
 from transformers.utils.logging import tqdm
 
-from .data import check_columns
+from .data import check_columns, convert_images, model_channels
 from .metrics import TopKAccuracy
 
 
@@ -47,19 +47,14 @@ class _ImageCollator:
     processor: Any
     image_column: str
     label_column: str
-    image_mode: str | None
+    num_channels: int
 
     def __call__(self, examples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = [self._convert(example[self.image_column]) for example in examples]
+        check_columns(examples[0], [self.image_column, self.label_column])
+        images = convert_images([example[self.image_column] for example in examples], self.num_channels)
         labels = torch.tensor([int(example[self.label_column]) for example in examples], dtype=torch.long)
         pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
         return pixel_values, labels
-
-    def _convert(self, image: Any) -> Any:
-        # ImageNet holds some greyscale/CMYK JPEGs; processors expect the model's channel count.
-        if self.image_mode is not None and hasattr(image, "mode") and image.mode != self.image_mode:
-            return image.convert(self.image_mode)
-        return image
 
 
 def evaluate_accuracy(
@@ -90,8 +85,7 @@ def evaluate_accuracy(
     total = len(dataset) if isinstance(dataset, Dataset) else max_samples
     device = torch.device(device) if device is not None else _model_device(model)
     dtype = _model_dtype(model)
-    channels = getattr(getattr(model, "config", None), "num_channels", 3)
-    collate = _ImageCollator(processor, image_column, label_column, {3: "RGB", 1: "L"}.get(channels))
+    collate = _ImageCollator(processor, image_column, label_column, model_channels(model))
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
 
     metric = TopKAccuracy()

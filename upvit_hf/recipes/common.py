@@ -1,13 +1,11 @@
-"""What the distillation recipes share: the student/teacher arguments, the data arguments, and loading any
-dataset source split into train and eval."""
+"""What the distillation recipes share: the student/teacher arguments, the data arguments, and splitting a
+source (read by the one loader, `evaluation.data.load_source`) into train and eval."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-
-from ..evaluation.data import is_saved_dataset
+from datasets import Dataset, DatasetDict
 
 
 @dataclass
@@ -27,13 +25,6 @@ class DistillationDataArguments:
     eval_fraction: float = field(default=0.1, metadata={"help": "Held-out fraction when there is no eval split."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training samples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluation samples."})
-
-
-def load_any(name_or_path: str, config: str | None) -> Dataset | DatasetDict:
-    """A `save_to_disk` folder, any other local folder (image or text files, inferred), or a hub dataset name."""
-    if is_saved_dataset(name_or_path):
-        return load_from_disk(name_or_path)
-    return load_dataset(name_or_path, config)
 
 
 def train_eval_splits(ds: Dataset | DatasetDict, args: DistillationDataArguments, seed: int) -> tuple[Dataset, Dataset]:

@@ -33,7 +33,8 @@ from transformers import (
 from transformers.image_processing_base import ImageProcessingMixin
 
 from ..distillation import DistillationTrainer, EMACallback
-from .common import DistillationDataArguments, DistillationModelArguments, load_any, train_eval_splits
+from ..evaluation.data import check_columns, convert_images, load_source
+from .common import DistillationDataArguments, DistillationModelArguments, train_eval_splits
 
 
 @dataclass
@@ -55,8 +56,9 @@ class DataArguments(DistillationDataArguments):
 
 
 def to_tensor(image: Any, channels: int) -> torch.Tensor:
-    """PIL image -> float [C, H, W] in [0, 1]."""
-    arr = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    """PIL image -> float [C, H, W] in [0, 1], with the model's channels (the loader's one conversion)."""
+    (image,) = convert_images([image], channels)
+    arr = np.asarray(image, dtype=np.float32) / 255.0
     t = torch.from_numpy(arr)
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1)
 
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError(f"student has {student.config.num_labels} classes, teacher {teacher.config.num_labels}")
 
     with training_args.main_process_first(desc="loading the dataset"):
-        dataset = load_any(data_args.dataset, data_args.dataset_config)
+        dataset = load_source(data_args.dataset, data_args.dataset_config)
         train_ds, eval_ds = train_eval_splits(dataset, data_args, training_args.seed)
     if data_args.max_train_samples is not None:
         train_ds = train_ds.select(range(min(data_args.max_train_samples, len(train_ds))))
@@ -220,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     image_column = data_args.image_column or next(
         (k for k, f in train_ds.features.items() if isinstance(f, Image)), "image"
     )
+    for split in (train_ds, eval_ds):
+        check_columns(split, [image_column, data_args.label_column])
 
     size, channels = student.config.image_size, student.config.num_channels
     if isinstance(size, (list, tuple)):  # configs may hold (height, width), e.g. PVTv2

@@ -29,7 +29,8 @@ from transformers import (
 )
 
 from ..distillation import DistillationTrainer
-from .common import DistillationDataArguments, DistillationModelArguments, load_any, train_eval_splits
+from ..evaluation.data import check_columns, load_source
+from .common import DistillationDataArguments, DistillationModelArguments, train_eval_splits
 
 
 @dataclass
@@ -69,10 +70,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     with training_args.main_process_first(desc="tokenizing and grouping"):
         train_raw, eval_raw = train_eval_splits(
-            load_any(data_args.dataset, data_args.dataset_config), data_args, training_args.seed
+            load_source(data_args.dataset, data_args.dataset_config), data_args, training_args.seed
         )
         blocks = []
         for raw in (train_raw, eval_raw):
+            check_columns(raw, [data_args.text_column])
             tokenized = raw.map(
                 lambda b: tokenizer(b[data_args.text_column]),
                 batched=True,
