@@ -23,11 +23,12 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
+from .model_io import IGNORE_INDEX, logits_of
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["DistillationTrainer", "EMACallback", "LossParts", "count_loss_items", "distillation_loss_parts"]
 
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -118,10 +119,6 @@ def distillation_loss_parts(
     return LossParts(ce_sum, kl_sum, torch.tensor(s.shape[0], device=s.device))
 
 
-def _logits_of(outputs: Any) -> torch.Tensor:
-    return outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-
-
 class DistillationTrainer(Trainer):
     """A `Trainer` whose loss is CE + alpha * T^2 * KL to a frozen teacher (UP-ViTs fine-tuning, Eq. 2).
 
@@ -195,7 +192,7 @@ class DistillationTrainer(Trainer):
         teacher.eval()
         try:
             with torch.no_grad(), self.accelerator.autocast():
-                return _logits_of(teacher(**inputs))
+                return logits_of(teacher(**inputs))
         finally:
             teacher.train(was_training)
 
@@ -219,7 +216,7 @@ class DistillationTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        student_logits = _logits_of(outputs)
+        student_logits = logits_of(outputs)
 
         teacher_logits = self._teacher_logits(inputs)
 

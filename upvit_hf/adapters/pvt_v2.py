@@ -33,7 +33,6 @@ GELU; a ReLU after `dense1`) is covered by the same maps: pooling and both activ
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -45,9 +44,7 @@ from .base import AnyWidths, Branch, Context, ModelAdapter, ParamSlice, Widths, 
 class PvtV2Adapter(ModelAdapter):
     model_types = ("pvt_v2",)
     model_classes = (PvtV2ForImageClassification, PvtV2Model, PvtV2Backbone)
-    modality: ClassVar[str] = "image"
-    uses_memory: ClassVar[bool] = False
-    needs_remote_code: ClassVar[bool] = False
+    modality = "image"
     required_inputs = ("pixel_values",)
     half_block_prefixes = (("layer_norm_1.", "attention."), ("layer_norm_2.", "mlp."))
     head_dim_follows_hidden = True

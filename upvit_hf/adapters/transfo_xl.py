@@ -55,6 +55,9 @@ def _unique(params: list[torch.Tensor | None]) -> list[torch.Tensor]:
 class TransfoXLAdapter(ModelAdapter):
     model_types = ("transfo-xl",)
     model_classes = (TransfoXLLMHeadModel, TransfoXLModel)
+    modality = "text"
+    uses_memory = True
+    needs_remote_code = True  # removed from transformers 5: our implementation, registered by `import upvit_hf`
     required_inputs = ("input_ids",)
     optional_inputs = ("attention_mask",)
     half_block_prefixes = (("dec_attn.",), ("pos_ff.",))

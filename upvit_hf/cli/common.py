@@ -8,29 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageClassification,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, PreTrainedModel
 
-from ..adapters import adapter_for
+from ..adapters import adapter_class_for_config, load_pretrained
 from ..atomic import atomic_path, check_output
 from ..evaluation.complexity import max_positions
 from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_split, model_channels, text_documents
+from ..model_io import load_processor
 from ..proxy import document_proxy, image_proxy
 from ..targets import PruningTarget
-
-AUTO_CLASS_BY_SUFFIX = (
-    (("ForImageClassification", "ForImageClassificationWithTeacher"), AutoModelForImageClassification),
-    (("LMHeadModel", "ForCausalLM"), AutoModelForCausalLM),
-    (("ForSequenceClassification",), AutoModelForSequenceClassification),
-)
 
 
 class CLIError(ValueError):
@@ -76,27 +62,22 @@ def load_config(name_or_path: str):
 
 
 def load_model(name_or_path: str) -> PreTrainedModel:
-    """The model with the Auto class its saved architecture names (classifier, causal LM, or backbone)."""
-    config = load_config(name_or_path)
-    architecture = (getattr(config, "architectures", None) or [""])[0]
-    auto = next((auto for suffixes, auto in AUTO_CLASS_BY_SUFFIX if architecture.endswith(suffixes)), AutoModel)
-    return auto.from_pretrained(name_or_path).eval()
+    """The model as the class its checkpoint was saved as (heads kept); one line naming the supported classes
+    for a class no adapter supports."""
+    return load_pretrained(name_or_path, config=load_config(name_or_path)).eval()
 
 
 def modality(model: PreTrainedModel) -> str:
-    """'image' or 'text', from the inputs the model's adapter needs."""
-    return "image" if "pixel_values" in adapter_for(model).required_inputs else "text"
+    """'image' or 'text', as the model's adapter says."""
+    return adapter_class_for_config(model.config).modality
 
 
 def load_preprocessor(name_or_path: str, kind: str) -> Any:
     """The image processor or tokenizer saved with the model."""
     try:
-        if kind == "image":
-            return AutoImageProcessor.from_pretrained(name_or_path)
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        what = "image processor" if kind == "image" else "tokenizer"
-        raise CLIError(f"{name_or_path!r} has no {what}; save one next to the model") from err
+        return load_processor(name_or_path, kind)
+    except ValueError as err:
+        raise CLIError(str(err)) from err
 
 
 def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:

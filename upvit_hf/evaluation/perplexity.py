@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils.logging import tqdm
 
+from ..model_io import IGNORE_INDEX, logits_of, model_device
 from .complexity import max_positions
 from .data import DEFAULT_TEXT_CONFIG, DEFAULT_TEXT_DATASET, load_text
 from .metrics import Perplexity
 
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -75,20 +75,6 @@ def sliding_windows(num_tokens: int, max_length: int, stride: int) -> list[Windo
     return windows
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _logits_of(output: Any) -> torch.Tensor | None:
-    """The per-position scores of a model output (`logits`, or `prediction_scores` of Transformer-XL)."""
-    for name in ("logits", "prediction_scores"):
-        value = output.get(name) if hasattr(output, "get") else getattr(output, name, None)
-        if isinstance(value, torch.Tensor) and value.dim() == 3:
-            return value
-    return None
-
-
 def _summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed NLL (float64) and number of scored tokens of next-token prediction."""
     shift_logits = logits[:, :-1].float()
@@ -136,7 +122,7 @@ def sliding_window_perplexity(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     windows = sliding_windows(len(ids), max_length, stride)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     metric = Perplexity()
     # Windows of equal length can share a batch; only the last one is usually shorter.
     batches: list[list[Window]] = []
@@ -183,7 +169,7 @@ def mems_perplexity(
         raise ValueError(f"tgt_len must be positive, got {tgt_len}")
     if len(ids) < 2:
         raise ValueError(f"Need at least 2 tokens to score, got {len(ids)}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     metric = Perplexity()
     starts = list(range(0, len(ids), tgt_len))
     mems: Any = None
@@ -197,7 +183,7 @@ def mems_perplexity(
                 segment = ids[start : start + tgt_len].unsqueeze(0).to(device)
                 kwargs = {} if mems is None else {"mems": mems}
                 output = None if use_labels else model(input_ids=segment, **kwargs)
-                logits = None if output is None else _logits_of(output)
+                logits = None if output is None else logits_of(output)
                 if logits is None:
                     use_labels = True
                     output = model(input_ids=segment, labels=segment, **kwargs)
