@@ -271,6 +271,15 @@ def test_bad_targets_raise(target, message):
         pruner.check_target(target)
 
 
+def test_fisher_and_refinement_refuse_hierarchical_models():
+    model = tiny()
+    batches = image_batches(model.config)
+    with pytest.raises(ValueError, match="Fisher scoring does not support hierarchical models"):
+        UPPruner(model).score(batches, method="fisher")
+    with pytest.raises(ValueError, match="refinement does not support hierarchical models"):
+        UPPruner(model).refine(random_scores(model), PruningTarget((4, 6), (2, 3), (8, 12)), batches)
+
+
 def test_scores_of_another_shape_raise():
     model = tiny()
     scores = random_scores(model)

@@ -22,6 +22,7 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -169,6 +170,16 @@ class ModelAdapter(ABC):
             self._param_names.setdefault(id(param), []).append(name)
 
     # ------------------------------------------------------------------ config
+    def memory_settings(self, *, mem_len: int, clamp_len: int, same_length: bool) -> AbstractContextManager:
+        """Temporarily evaluate with these memory settings (only for families with `uses_memory`)."""
+        raise ValueError(f"{type(self.model).__name__} carries no memories")
+
+    @classmethod
+    def legacy_tokenizer(cls, name_or_path: str) -> Any | None:
+        """A tokenizer converted from files an older transformers saved, for a model `AutoTokenizer` cannot
+        load a tokenizer for; None where the family has no such files."""
+        return None
+
     @classmethod
     @abstractmethod
     def read_widths(cls, config: PretrainedConfig) -> AnyWidths:
@@ -250,6 +261,12 @@ class ModelAdapter(ABC):
     @property
     def num_stages(self) -> int:
         return len(self.widths.stages)
+
+    def require_one_stage(self, what: str) -> None:
+        """ValueError for a hierarchical model where `what` handles one residual width only."""
+        if self.num_stages > 1:
+            raise ValueError(f"{what} does not support hierarchical models ({type(self.model).__name__} has "
+                             f"{self.num_stages} stages) yet; use method='kl' (exact scores)")
 
     def check_widths(self, widths: AnyWidths) -> None:
         """Raise ValueError for widths this family's stock architecture cannot express."""

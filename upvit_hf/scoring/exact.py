@@ -12,18 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..adapters import ModelAdapter, layer_widths
+from ..adapters import AnyWidths, ModelAdapter, layer_widths
 from ..scores import ImportanceScores, pack_residual
 from .masks import attention_masked, broadcast, ffn_masked, residual_masked
 
 LOGITS_BUDGET = 2**20
 """Logit elements read out and compared at once (float64): bounds memory for large vocabularies, and at
 8 MB of float64 keeps the KL arithmetic near the cache (twice as fast as 256 MB for GPT-2 readouts)."""
+
+COMPONENTS = ("residual", "attention", "ffn")
 
 Masking = Callable[[torch.Tensor], AbstractContextManager]
 
@@ -55,8 +58,9 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 class ProxyPass:
-    """One pass over a proxy set as every KL scorer makes it: inference mode, the model in eval mode (and
-    given back as it came), inputs checked, a progress bar counting scored units, the samples counted."""
+    """One pass over a proxy set as every scorer makes it: inference mode (autograd on for scorers that
+    differentiate), the model in eval mode (and given back as it came), inputs checked, a progress bar
+    counting scored units, the samples counted."""
 
     def __init__(self, adapter: ModelAdapter, variants_per_pass: int, show_progress: bool):
         if variants_per_pass < 1:
@@ -65,13 +69,16 @@ class ProxyPass:
         self.adapter, self.show_progress = adapter, show_progress
 
     def run(self, proxy: Iterable[Mapping[str, Any]], per_batch: int, unit: str, desc: str,
-            score_batch: Callable[[dict[str, torch.Tensor], Any], int]) -> int:
-        """Call `score_batch(inputs, bar)` on every batch; returns the number of samples scored."""
+            score_batch: Callable[[dict[str, torch.Tensor], Any], int], grad: bool = False) -> int:
+        """Call `score_batch(inputs, bar)` on every batch; returns the number of samples scored.
+
+        `grad=True` runs it with autograd enabled (gradient-based scorers) instead of in inference mode.
+        """
         from transformers.utils.logging import tqdm
 
         total = per_batch * len(proxy) if hasattr(proxy, "__len__") else None
         samples = 0
-        with torch.inference_mode(), eval_mode(self.adapter.model), tqdm(
+        with torch.enable_grad() if grad else torch.inference_mode(), eval_mode(self.adapter.model), tqdm(
             total=total, unit=unit, desc=desc, disable=not self.show_progress
         ) as bar:
             for batch in proxy:
@@ -79,6 +86,53 @@ class ProxyPass:
         if samples == 0:
             raise ValueError("the proxy set is empty: pass at least one batch of model inputs")
         return samples
+
+
+@dataclass
+class ChannelSubset:
+    """Which channels of each component to score (boolean masks shaped like `ImportanceScores`' tensors)."""
+
+    residual: torch.Tensor
+    attention: list[torch.Tensor]
+    ffn: list[torch.Tensor]
+
+    @classmethod
+    def full(cls, widths: AnyWidths, components: Iterable[str] = COMPONENTS) -> ChannelSubset:
+        """Every channel of the named components (of "residual", "attention", "ffn"), none of the others."""
+        components = set(components)
+        unknown = components - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}; choose from {', '.join(COMPONENTS)}")
+        fill = lambda name, width: torch.full((width,), name in components)  # noqa: E731
+        layers = [layer_widths(widths, layer) for layer in range(widths.num_hidden_layers)]
+        return cls(pack_residual([fill("residual", w.hidden_size) for w in widths.stages]),
+                   [fill("attention", w.attention_width) for w in layers],
+                   [fill("ffn", w.intermediate_size) for w in layers])
+
+    @property
+    def residual_stages(self) -> list[torch.Tensor]:
+        """The residual masks of every stage (`residual` has the `ImportanceScores.residual` shape)."""
+        return list(self.residual) if isinstance(self.residual, (list, tuple)) else [self.residual]
+
+    def count(self) -> int:
+        return sum(int(m.sum()) for m in (*self.residual_stages, *self.attention, *self.ffn))
+
+    def cost(self) -> int:
+        """Work of exact-scoring these channels, in branch applications + readouts to one copy of a batch:
+        a channel of branch j runs the suffix from branch j (residual channels: from the embedding; in a
+        hierarchical model from their stage's start, counted here as from the embedding)."""
+        branches = 2 * len(self.ffn)
+        total = sum(int(m.sum()) for m in self.residual_stages) * (branches + 1)
+        for layer, (attention, ffn) in enumerate(zip(self.attention, self.ffn)):
+            total += int(attention.sum()) * (branches - 2 * layer + 1) + int(ffn.sum()) * (branches - 2 * layer)
+        return total
+
+    def as_dict(self) -> dict[str, Any]:
+        """Channel indices per component (JSON-ready, for a scores file's meta)."""
+        indices = lambda mask: mask.nonzero().flatten().tolist()  # noqa: E731
+        residual = [indices(m) for m in self.residual_stages]
+        return {"residual": residual[0] if len(residual) == 1 else residual, "attention": [indices(m) for m in self.attention],
+                "ffn": [indices(m) for m in self.ffn]}
 
 
 class ExactKLScorer:
@@ -91,19 +145,30 @@ class ExactKLScorer:
         self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress)
         self.adapter, self.variants_per_pass = adapter, variants_per_pass
 
-    def score(self, proxy: Iterable[Mapping[str, Any]]) -> ImportanceScores:
+    def score(self, proxy: Iterable[Mapping[str, Any]], channels: ChannelSubset | None = None) -> ImportanceScores:
+        """Scores of every channel, or only of `channels` (only their removals are run; the others are NaN)."""
         widths = self.adapter.widths
         layers = [layer_widths(widths, layer) for layer in range(widths.num_hidden_layers)]
+        subset = channels if channels is not None else ChannelSubset.full(widths)
         residual = [torch.zeros(stage.hidden_size, dtype=torch.float64) for stage in widths.stages]
         attention = [torch.zeros(w.attention_width, dtype=torch.float64) for w in layers]
         ffn = [torch.zeros(w.intermediate_size, dtype=torch.float64) for w in layers]
-        per_batch = sum(r.numel() for r in residual) + sum(w.attention_width + w.intermediate_size for w in layers)
-        samples = self.proxy_pass.run(proxy, per_batch, "channel", "UP-ViTs KL scores",
-                                 lambda inputs, bar: self._score_batch(inputs, residual, attention, ffn, bar))
-        return ImportanceScores(pack_residual(residual), attention, ffn, meta={"method": "kl", "proxy_size": samples})
+        scores = ImportanceScores(pack_residual(residual), attention, ffn, meta={"method": "kl"})
+        chosen = ImportanceScores(subset.residual, subset.attention, subset.ffn)
+        chosen.check_matches(widths)
+        samples = self.proxy_pass.run(proxy, subset.count(), "channel", "UP-ViTs KL scores",
+                                      lambda inputs, bar: self._score_batch(inputs, residual, attention, ffn, bar,
+                                                                            subset))
+        if channels is not None:
+            for values, mask in zip((*residual, *attention, *ffn),
+                                    (*subset.residual_stages, *subset.attention, *subset.ffn)):
+                values[~mask] = float("nan")
+            scores.meta["exact_channels"] = subset.count()
+        scores.meta["proxy_size"] = samples
+        return scores
 
     # ------------------------------------------------------------------ one proxy batch
-    def _score_batch(self, inputs, residual, attention, ffn, bar) -> int:
+    def _score_batch(self, inputs, residual, attention, ffn, bar, subset: ChannelSubset) -> int:
         adapter = self.adapter
         widths = adapter.widths
         embedded, context = adapter.embed(inputs)
@@ -124,11 +189,11 @@ class ExactKLScorer:
                 hidden = steps[index](hidden, stacked)
             return hidden
 
-        def sweep(scores: torch.Tensor, start: int, masking: Masking, reference: torch.Tensor,
-                  zero_at: int | None = None) -> None:
-            """Remove each channel in turn (variants stacked along the batch) and add its KL to `scores`."""
-            width = scores.numel()
-            for chunk in torch.arange(width).split(self.variants_per_pass):
+        def sweep(scores: torch.Tensor, chosen: torch.Tensor, start: int, masking: Masking,
+                  reference: torch.Tensor, zero_at: int | None = None) -> None:
+            """Remove each chosen channel in turn (variants stacked along the batch), add its KL to `scores`."""
+            width, channels = scores.numel(), chosen.nonzero().flatten()
+            for chunk in channels.split(self.variants_per_pass) if len(channels) else ():
                 variants = len(chunk)
                 masks = variant_masks(chunk, width, rows, embedded)
                 hidden = cache[start].repeat(variants, *([1] * (cache[start].dim() - 1)))
@@ -144,6 +209,8 @@ class ExactKLScorer:
             def residual_masking(masks: torch.Tensor, stage=stage) -> AbstractContextManager:
                 return residual_masked(adapter, masks, stage)
 
+            if not subset.residual_stages[stage].any():
+                continue
             entry, zero_at = pieces.stage_entries[stage], pieces.first_branch_step(widths, stage)
             # Masked LayerNorms round differently from stock ones: compare residual variants with the
             # unpruned model evaluated through the same masked path.
@@ -151,11 +218,12 @@ class ExactKLScorer:
             with residual_masking(keep_all):
                 hidden = run(cache[entry], entry, context, keep_all, zero_at)
                 residual_reference = log_probs(adapter.readout(hidden, context))
-            sweep(stage_scores, entry, residual_masking, residual_reference, zero_at)
+            sweep(stage_scores, subset.residual_stages[stage], entry, residual_masking, residual_reference, zero_at)
         for layer in range(len(attention)):
             attention_step, ffn_step = pieces.branch_steps[2 * layer], pieces.branch_steps[2 * layer + 1]
-            sweep(attention[layer], attention_step, lambda m: attention_masked(adapter, layer, m), reference)
-            sweep(ffn[layer], ffn_step, lambda m: ffn_masked(adapter, layer, m), reference)
+            sweep(attention[layer], subset.attention[layer], attention_step,
+                  lambda m: attention_masked(adapter, layer, m), reference)
+            sweep(ffn[layer], subset.ffn[layer], ffn_step, lambda m: ffn_masked(adapter, layer, m), reference)
         return rows
 
     def _kl(self, hidden, context, reference, weights, variants,
