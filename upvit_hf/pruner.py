@@ -9,11 +9,21 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from .adapters import Widths, adapter_for
-from .depth import remove_unit
+from .adapters import AnyWidths, adapter_for, layer_widths
+from .depth import depth_floors, least_important_unit, remove_unit
 from .record import RECORD_KEY, updated_record
 from .scores import BlockScores, ImportanceScores, model_identity
-from .scoring import METHODS, ExactKLScorer, magnitude_scores, random_scores
+from .scoring import (
+    COMPONENTS,
+    DEFAULT_LABELS_PER_INPUT,
+    METHODS,
+    ChannelSubset,
+    ExactKLScorer,
+    FisherScorer,
+    magnitude_scores,
+    random_scores,
+    refine_scores,
+)
 from .scoring.blocks import BlockKLScorer
 from .surgery import StateDict, keep_channels, scale_channels
 from .targets import PruningPlan, PruningTarget
@@ -40,37 +50,91 @@ class UPPruner:
         variants_per_pass: int | str = 16,
         seed: int = 0,
         show_progress: bool = True,
+        labels_per_input: int = DEFAULT_LABELS_PER_INPUT,
+        exact_components: Iterable[str] = ("residual", "attention"),
         **scale: Any,
     ) -> ImportanceScores:
         """Channel importance of all three components.
 
         `proxy` is any iterable of dict batches of model inputs (a DataLoader, a list; labels are
-        ignored). `method="kl"` is the paper's exact criterion; `"magnitude"` (L1 norm of the weights a
-        channel touches) and `"random"` (seeded) are baselines that need no data.
+        ignored). `method="kl"` is the paper's exact criterion; `"fisher"` its second-order estimate from one
+        forward and `labels_per_input` backward passes (labels from the model's own output per input, or per
+        token for language models; exact once it covers every class; see `scoring.fisher`); `"hybrid"` exact
+        KL for `exact_components` and Fisher for the others; `"magnitude"` (L1 norm of the weights a channel
+        touches) and `"random"` (seeded) are baselines that need no data.
 
-        Scale options of the proxy pass (`scoring/proxy_pass.py`): under torch.distributed every process
-        scores its shard of the proxy batches and all get the all-reduced scores; `checkpoint=PATH`,
-        `checkpoint_every=K` make the run resumable; the network runs in float32 (float64 for a float64
-        model) whatever its dtype unless `dtype=` opts into another; `allow_tf32=True` allows TF32 on CUDA;
-        `variants_per_pass="auto"` sizes the stack from free device memory.
+        Scale options of the exact KL proxy pass (`scoring/proxy_pass.py`, method="kl"): under
+        torch.distributed every process scores its shard of the proxy batches and all get the all-reduced
+        scores; `checkpoint=PATH`, `checkpoint_every=K` make the run resumable; `dtype=` opts out of running
+        the network in float32 (float64 for a float64 model) whatever its dtype; `allow_tf32=True` allows
+        TF32 on CUDA; `variants_per_pass="auto"` sizes the stack from free device memory.
         """
-        if method == "kl":
+        if scale and method in METHODS and method != "kl":
+            raise ValueError(f"{', '.join(sorted(scale))} only apply to method='kl' (the exact proxy pass)")
+        if method in ("kl", "fisher", "hybrid"):
             if proxy is None:
-                raise ValueError("method='kl' needs a proxy set: an iterable of dict batches of model inputs")
+                raise ValueError(f"method={method!r} needs a proxy set: an iterable of dict batches of model inputs")
+            if method == "hybrid" and iter(proxy) is proxy:  # two passes: a one-shot iterator is kept
+                proxy = list(proxy)
+        if method == "kl":
             scores = ExactKLScorer(self.adapter, variants_per_pass, show_progress, **scale).score(proxy)
+        elif method == "fisher":
+            scores = FisherScorer(self.adapter, labels_per_input, seed, show_progress).score(proxy)
+        elif method == "hybrid":
+            scores = self._hybrid(proxy, exact_components, variants_per_pass, seed, show_progress, labels_per_input)
         elif method == "magnitude":
             scores = magnitude_scores(self.adapter)
         elif method == "random":
             scores = random_scores(self.adapter, seed)
         else:
             raise ValueError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
-        if scale and method != "kl":
-            raise ValueError(f"{', '.join(sorted(scale))} only apply to method='kl' (a pass over the proxy set)")
         scores.meta.update(model=model_identity(self.model),
                            widths=self.adapter.widths.as_dict())
         return scores
 
-    def check_target(self, target: PruningTarget) -> Widths:
+    def _hybrid(self, proxy, exact_components: Iterable[str], variants_per_pass: int, seed: int,
+                show_progress: bool, labels_per_input: int) -> ImportanceScores:
+        """Exact KL for `exact_components`, Fisher for the rest (FFN channels are most of the exact cost, and
+        there Fisher ranks almost exactly)."""
+        exact_components = tuple(exact_components)
+        subset = ChannelSubset.full(self.adapter.widths, exact_components)
+        fisher = FisherScorer(self.adapter, labels_per_input, seed, show_progress).score(proxy)
+        exact = ExactKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy, channels=subset)
+        pick = lambda name: exact if name in exact_components else fisher  # noqa: E731
+        return ImportanceScores(
+            residual=pick("residual").residual, attention=pick("attention").attention, ffn=pick("ffn").ffn,
+            meta={"method": "hybrid", "proxy_size": exact.meta["proxy_size"],
+                  "components": {name: "kl" if name in exact_components else "fisher" for name in COMPONENTS},
+                  "fisher": fisher.meta, "exact_cost_fraction": subset.cost() / ChannelSubset.full(
+                      self.adapter.widths).cost()},
+        )
+
+    def refine(
+        self,
+        scores: ImportanceScores,
+        target: PruningTarget,
+        proxy: Iterable[Mapping[str, Any]],
+        *,
+        band: float | Mapping[str, float] = 0.1,
+        variants_per_pass: int = 16,
+        show_progress: bool = True,
+    ) -> ImportanceScores:
+        """`scores` (e.g. Fisher) with exact KL for the channels whose rank lies within `band` of the cut that
+        `target` makes: ±⌈band·width⌉ ranks around each component's keep threshold (per merged head group
+        for attention). `band` is one fraction or {"residual": F, "attention": F, "ffn": F}.
+
+        Pruning to `target` with the result keeps every channel ranked above the band, picks the rest of the
+        band by exact KL, and none below it. `meta` records the exact channels and the fraction of the full
+        exact cost spent; band >= 1 gives the exact scores.
+        """
+        if proxy is None:
+            raise ValueError("refine needs a proxy set: an iterable of dict batches of model inputs")
+        refined = refine_scores(self.adapter, scores, self.check_target(target), proxy, band, variants_per_pass,
+                                show_progress)
+        refined.meta.update(model=model_identity(self.model), widths=self.adapter.widths.as_dict())
+        return refined
+
+    def check_target(self, target: PruningTarget) -> AnyWidths:
         """The widths `target` gives this model; ValueError (saying what is allowed) when it cannot."""
         widths = target.resolve(self.adapter.widths)
         self.adapter.check_widths(widths)
@@ -93,13 +157,15 @@ class UPPruner:
         plan = PruningPlan.from_scores(scores, original, pruned)
 
         state: StateDict = adapter.surgery_state()
-        factor = adapter.query_scale(original.head_dim, pruned.head_dim)
         for layer in range(original.num_hidden_layers):
+            old, new = layer_widths(original, layer), layer_widths(pruned, layer)
+            factor = adapter.query_scale(old.head_dim, new.head_dim)
             if factor != 1.0:
-                scale_channels(state, adapter.query_slices(layer), original.attention_width, factor)
+                scale_channels(state, adapter.query_slices(layer), old.attention_width, factor)
             keep_channels(state, adapter.attention_slices(layer), plan.attention[layer])
             keep_channels(state, adapter.ffn_slices(layer), plan.ffn[layer])
-        keep_channels(state, adapter.residual_slices(), plan.residual)
+        for stage, kept in enumerate(plan.residual_stages):
+            keep_channels(state, adapter.residual_slices(stage), kept)
 
         config = adapter.pruned_config(pruned)
         adapter.finish_surgery(state, config)
@@ -132,7 +198,7 @@ class UPPruner:
     def prune_blocks(
         self,
         proxy: Iterable[Mapping[str, Any]],
-        num_hidden_layers: int,
+        num_hidden_layers: int | tuple[int, ...],
         between_steps: Callable[[PreTrainedModel, int], Any] | None = None,
         *,
         variants_per_pass: int | str = 8,
@@ -142,7 +208,8 @@ class UPPruner:
     ) -> PreTrainedModel:
         """Progressive block pruning: remove the least important unit (block or hybrid), re-score the
         reduced model, repeat until `num_hidden_layers` blocks remain. A new stock model; the original is
-        untouched.
+        untouched. For a hierarchical model units are removed within a stage, every stage keeps at least one
+        block, and `num_hidden_layers` may be a tuple with the depth of every stage (PVTv2's `depths`).
 
         `between_steps(model, step)`, if given, runs after removal number `step` (0-based) on the current
         model, e.g. a short distillation that trains it in place; the next step scores the model it leaves.
@@ -155,29 +222,25 @@ class UPPruner:
         """
         self.adapter.check_scorable()
         original = self.adapter.widths
-        if isinstance(num_hidden_layers, bool) or not isinstance(num_hidden_layers, int) \
-                or not 1 <= num_hidden_layers <= original.num_hidden_layers:
-            raise ValueError(
-                f"num_hidden_layers must be an integer from 1 to the model's {original.num_hidden_layers}, "
-                f"got {num_hidden_layers!r}"
-            )
+        floors = depth_floors(original, num_hidden_layers)
         if between_steps is not None and not callable(between_steps):
             raise ValueError(f"between_steps must be a callable (model, step), got {type(between_steps).__name__}")
         if proxy is None:
             raise ValueError("prune_blocks needs a proxy set: an iterable of dict batches of model inputs")
         if iter(proxy) is proxy:  # a generator or other one-shot iterator: every step needs the whole set
             proxy = list(proxy)
-        if num_hidden_layers == original.num_hidden_layers:
+        total = sum(floors) if isinstance(num_hidden_layers, tuple) else num_hidden_layers
+        if total == original.num_hidden_layers:
             return copy.deepcopy(self.model)
 
         removed: list[dict[str, Any]] = []
         current = self
-        for step in range(original.num_hidden_layers - num_hidden_layers):
+        for step in range(original.num_hidden_layers - total):
             if checkpoint is not None:
                 scale["checkpoint"] = f"{os.fspath(checkpoint)}.step{step}"
             scores = current.score_blocks(proxy, variants_per_pass=variants_per_pass, show_progress=show_progress,
                                           **scale)
-            unit = scores.least_important()
+            unit = least_important_unit(scores, current.adapter.widths, floors)
             removed.append({**unit.as_dict(), "score": float(scores.by_branch()[unit.first_branch])})
             config, state = remove_unit(current.adapter, unit)
             widths = current.adapter.read_widths(config)

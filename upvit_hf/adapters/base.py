@@ -5,9 +5,15 @@ adding one adapter file. An adapter answers three questions:
 
 * where the channels live: for each component, the state-dict tensors (and axes) a channel index selects;
 * how to run the model in pieces: embed → residual branches (two per layer) → readout, so a scorer can
-  cache the input of any branch and run only the suffix;
+  cache the input of any branch and run only the suffix; hierarchical models (PVTv2) add a transition at the
+  start of every stage (its patch embedding), and each stage has its own residual component and width;
 * where to tap the activations to mask a channel (writers into the residual stream, LayerNorms, the
   attention q/k/v outputs, the FFN activations) and which config keys hold the widths.
+
+It is also the one place the rest of the package asks about a family (the CLI, model cards, evaluation,
+recipes): which model classes it supports, whether it reads images or text, whether it carries memories, which
+config keys hold its input shape and context length. The registry in `upvit_hf.adapters` finds the adapter
+of a config by its `model_type`.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 Context = dict[str, Any]
 """Per-batch tensors the pieces share (attention masks, position ids); batch-first."""
@@ -32,7 +39,8 @@ Branch = Callable[[torch.Tensor, Context], torch.Tensor]
 
 @dataclass(frozen=True)
 class Widths:
-    """The widths UP-ViTs changes, in family-independent names."""
+    """The widths UP-ViTs changes, in family-independent names: those of a plain (one-stage) model, or of one
+    stage of a hierarchical one (see `StagedWidths`)."""
 
     hidden_size: int
     num_attention_heads: int
@@ -44,8 +52,48 @@ class Widths:
     def attention_width(self) -> int:
         return self.num_attention_heads * self.head_dim
 
+    @property
+    def stages(self) -> tuple[Widths, ...]:
+        """A plain model is the one-stage case."""
+        return (self,)
+
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class StagedWidths:
+    """The widths of a hierarchical model (PVTv2): one `Widths` per stage, each stage with its own residual
+    width. Layers (blocks) are numbered globally, stage by stage."""
+
+    stages: tuple[Widths, ...]
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return sum(stage.num_hidden_layers for stage in self.stages)
+
+    def as_dict(self) -> dict[str, list[int]]:
+        """Per-stage lists under the one-stage names (what the pruning record and model card show)."""
+        return {key: [stage.as_dict()[key] for stage in self.stages] for key in self.stages[0].as_dict()}
+
+
+AnyWidths = Widths | StagedWidths
+"""What `ModelAdapter.read_widths` returns; code that serves both iterates `.stages`."""
+
+
+def from_stages(stages: list[Widths] | tuple[Widths, ...]) -> AnyWidths:
+    """`Widths` for one stage (plain models keep their type), `StagedWidths` otherwise."""
+    return stages[0] if len(stages) == 1 else StagedWidths(tuple(stages))
+
+
+def layer_stages(widths: AnyWidths) -> list[int]:
+    """The stage of every layer, in global layer order."""
+    return [s for s, stage in enumerate(widths.stages) for _ in range(stage.num_hidden_layers)]
+
+
+def layer_widths(widths: AnyWidths, layer: int) -> Widths:
+    """The widths of the stage that holds `layer`."""
+    return widths.stages[layer_stages(widths)[layer]]
 
 
 @dataclass(frozen=True)
@@ -64,17 +112,54 @@ class ParamSlice:
         return torch.cat([channels + offset for offset in self.offsets])
 
 
+def _mapped_classes(auto: type, config_class: type[PretrainedConfig]) -> tuple[type, ...]:
+    """The model classes an Auto class maps `config_class` to (transformers' auto mappings; several where the
+    Auto class picks among them by `config.architectures`)."""
+    mapping = getattr(auto, "_model_mapping", None)
+    try:
+        mapped = () if mapping is None else mapping[config_class]
+    except KeyError:
+        return ()
+    return mapped if isinstance(mapped, tuple) else (mapped,)
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """The network between `embed` and `readout` as a list of steps (hidden, context) -> hidden.
+
+    `branch_steps[i]` is the step of residual branch i; `stage_entries[s]` the first step of stage s (its
+    transition where it has one, else its first branch): residual masks of stage s apply from there on, and
+    the stream is zeroed at removed channels just before the stage's first branch.
+    """
+
+    steps: list[Branch]
+    branch_steps: list[int]
+    stage_entries: list[int]
+
+    def first_branch_step(self, widths: AnyWidths, stage: int) -> int:
+        return self.branch_steps[2 * sum(w.num_hidden_layers for w in widths.stages[:stage])]
+
+
 class ModelAdapter(ABC):
     """Family knowledge for one kind of model; see the module docstring."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
-    """`config.model_type` values this adapter reads widths for."""
+    """`config.model_type` values this adapter reads widths for (the registry's keys)."""
     model_classes: ClassVar[tuple[type[PreTrainedModel], ...]] = ()
-    """Model classes this adapter can score and prune."""
+    """Model classes this adapter can score and prune; a checkpoint naming another class is refused."""
+    modality: ClassVar[str]
+    """"image" (inputs are `pixel_values`) or "text" (inputs are `input_ids`)."""
+    uses_memory: ClassVar[bool] = False
+    """True where the forward carries memories across segments (`mems`, Transformer-XL)."""
+    needs_remote_code: ClassVar[bool] = False
+    """True where transformers itself has no such model: it loads only after `import upvit_hf` (which registers
+    our implementation with the Auto classes) or with `trust_remote_code=True`."""
     half_block_prefixes: ClassVar[tuple[tuple[str, ...], tuple[str, ...]]] = ((), ())
     """State-dict key prefixes, relative to a block, of its attention half and of its FFN half."""
     head_dim_follows_hidden: ClassVar[bool] = False
     """True where the stock architecture derives head_dim as hidden_size // heads (no separate key)."""
+    intermediate_follows_hidden: ClassVar[bool] = False
+    """True where the stock architecture builds the FFN as hidden_size × an integer ratio (PVTv2)."""
     required_inputs: ClassVar[tuple[str, ...]] = ()
     optional_inputs: ClassVar[tuple[str, ...]] = ()
 
@@ -85,28 +170,112 @@ class ModelAdapter(ABC):
             self._param_names.setdefault(id(param), []).append(name)
 
     # ------------------------------------------------------------------ config
+    def memory_settings(self, *, mem_len: int, clamp_len: int, same_length: bool) -> AbstractContextManager:
+        """Temporarily evaluate with these memory settings (only for families with `uses_memory`)."""
+        raise ValueError(f"{type(self.model).__name__} carries no memories")
+
     @classmethod
-    @abstractmethod
-    def read_widths(cls, config: PretrainedConfig) -> Widths:
-        """The current widths, read from the family's config keys."""
+    def legacy_tokenizer(cls, name_or_path: str) -> Any | None:
+        """A tokenizer converted from files an older transformers saved, for a model `AutoTokenizer` cannot
+        load a tokenizer for; None where the family has no such files."""
+        return None
 
     @classmethod
     @abstractmethod
-    def write_widths(cls, config: PretrainedConfig, widths: Widths) -> None:
+    def read_widths(cls, config: PretrainedConfig) -> AnyWidths:
+        """The current widths, read from the family's config keys (`StagedWidths` for hierarchical models)."""
+
+    @classmethod
+    @abstractmethod
+    def write_widths(cls, config: PretrainedConfig, widths: AnyWidths) -> None:
         """Set the family's config keys (in place) so a stock model of `widths` is built from it."""
 
+    @classmethod
+    def max_positions(cls, config: PretrainedConfig) -> int | None:
+        """The longest input sequence the config allows; None where it sets no limit (or has no sequence input)."""
+        return None
+
+    @classmethod
+    def image_size(cls, config: PretrainedConfig) -> tuple[int, int]:
+        """(height, width) of the images an image model takes."""
+        size = config.image_size
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @classmethod
+    def num_channels(cls, config: PretrainedConfig) -> int:
+        """Channels of the images an image model takes (1 for greyscale models, 3 for RGB)."""
+        return config.num_channels
+
+    @classmethod
+    def vocab_size(cls, config: PretrainedConfig) -> int:
+        """Number of token ids a text model takes."""
+        return config.vocab_size
+
+    @classmethod
+    def dummy_inputs(
+        cls,
+        config: PretrainedConfig,
+        batch_size: int = 1,
+        *,
+        seq_len: int = 128,
+        image_size: int | tuple[int, int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> dict[str, torch.Tensor]:
+        """Random inputs of the config's shape: `pixel_values` for image models, `input_ids` (`seq_len` capped at
+        `max_positions`) for text models; for FLOP counts and throughput."""
+        if cls.modality == "image":
+            size = image_size if image_size is not None else cls.image_size(config)
+            height, width = (size, size) if isinstance(size, int) else size
+            shape = (batch_size, cls.num_channels(config), height, width)
+            return {"pixel_values": torch.randn(shape, device=device, dtype=dtype)}
+        seq_len = min(seq_len, cls.max_positions(config) or seq_len)
+        return {"input_ids": torch.randint(0, cls.vocab_size(config), (batch_size, seq_len), device=device)}
+
+    @classmethod
+    def model_class_for_config(cls, config: PretrainedConfig) -> type[PreTrainedModel] | None:
+        """The class a checkpoint of `config` was saved as (`config.architectures[0]`) if this family supports
+        it, else None (loading another class would drop or re-initialize heads). A config without
+        `architectures` describes the backbone: the class `AutoModel` maps it to."""
+        backbones = _mapped_classes(AutoModel, type(config))
+        names = getattr(config, "architectures", None) or [c.__name__ for c in backbones]
+        return next((c for c in cls.model_classes if names and c.__name__ == names[0]), None)
+
+    @classmethod
+    def auto_class(cls, model_class: type[PreTrainedModel]) -> type | None:
+        """The transformers Auto class that loads `model_class` from its config (transformers' own auto
+        mappings, including classes registered with them, such as our Transformer-XL); None if none does."""
+        from transformers.models.auto import modeling_auto
+
+        autos = [getattr(modeling_auto, n) for n in dir(modeling_auto) if n.startswith("AutoModel")]
+        # the specific heads first, AutoModel (backbones) last
+        for auto in sorted(autos, key=lambda a: a is AutoModel):
+            if model_class in _mapped_classes(auto, model_class.config_class):
+                return auto
+        return None
+
     @property
-    def widths(self) -> Widths:
+    def widths(self) -> AnyWidths:
         return self.read_widths(self.model.config)
 
-    def check_widths(self, widths: Widths) -> None:
+    @property
+    def num_stages(self) -> int:
+        return len(self.widths.stages)
+
+    def require_one_stage(self, what: str) -> None:
+        """ValueError for a hierarchical model where `what` handles one residual width only."""
+        if self.num_stages > 1:
+            raise ValueError(f"{what} does not support hierarchical models ({type(self.model).__name__} has "
+                             f"{self.num_stages} stages) yet; use method='kl' (exact scores)")
+
+    def check_widths(self, widths: AnyWidths) -> None:
         """Raise ValueError for widths this family's stock architecture cannot express."""
 
     def query_scale(self, old_head_dim: int, new_head_dim: int) -> float:
         """Factor folded into the query rows so `q·k / sqrt(head_dim)` keeps its value when head_dim changes."""
         return math.sqrt(new_head_dim / old_head_dim)
 
-    def pruned_config(self, widths: Widths) -> PretrainedConfig:
+    def pruned_config(self, widths: AnyWidths) -> PretrainedConfig:
         config = copy.deepcopy(self.model.config)
         self.write_widths(config, widths)
         return config
@@ -139,8 +308,8 @@ class ModelAdapter(ABC):
         `config` (in place) where that layout needs a different setting. By default nothing to do."""
 
     @abstractmethod
-    def residual_slices(self) -> list[ParamSlice]:
-        """Component 1: every tensor that a residual (hidden) channel touches."""
+    def residual_slices(self, stage: int = 0) -> list[ParamSlice]:
+        """Component 1 (of `stage`; plain models have stage 0 only): every tensor a residual channel touches."""
 
     @abstractmethod
     def attention_slices(self, layer: int) -> list[ParamSlice]:
@@ -181,6 +350,28 @@ class ModelAdapter(ABC):
     def branches(self) -> list[Branch]:
         """The 2·L residual branches in order: attention of layer 0, FFN of layer 0, attention of layer 1, …"""
 
+    def transitions(self) -> list[Branch | None]:
+        """One entry per stage: the map from the stream leaving the previous stage (for stage 0, `embed`'s
+        output) to the residual stream of this stage (a hierarchical model's patch embedding), or None where
+        the stage's stream is that input itself (plain models: `[None]`). It runs under the masks of its own
+        stage (its writers and norms belong to that stage's residual component)."""
+        return [None]
+
+    def pieces(self) -> Pieces:
+        """Transitions and branches as one list of steps, for scorers that cache the input of any step."""
+        branches, transitions = self.branches(), self.transitions()
+        steps: list[Branch] = []
+        branch_steps: list[int] = []
+        entries: list[int] = []
+        for stage, widths in enumerate(self.widths.stages):
+            entries.append(len(steps))
+            if transitions[stage] is not None:
+                steps.append(transitions[stage])
+            for branch in branches[len(branch_steps): len(branch_steps) + 2 * widths.num_hidden_layers]:
+                branch_steps.append(len(steps))
+                steps.append(branch)
+        return Pieces(steps, branch_steps, entries)
+
     @abstractmethod
     def readout(self, hidden: torch.Tensor, context: Context) -> torch.Tensor:
         """Logits of the scored output distribution (final norm and head)."""
@@ -195,12 +386,13 @@ class ModelAdapter(ABC):
 
     # ------------------------------------------------------------------ masking taps
     @abstractmethod
-    def residual_writers(self) -> list[nn.Module]:
-        """Modules whose output is added into the residual stream (masking their output zeroes a channel)."""
+    def residual_writers(self, stage: int = 0) -> list[nn.Module]:
+        """Modules whose output is added into the residual stream of `stage` (masking their output zeroes a
+        channel; convolutions are masked along their channel axis 1, everything else along the last)."""
 
     @abstractmethod
-    def residual_norms(self) -> list[nn.LayerNorm]:
-        """Every LayerNorm over the residual width (masked ones normalize over the kept channels only)."""
+    def residual_norms(self, stage: int = 0) -> list[nn.LayerNorm]:
+        """Every LayerNorm over the residual width of `stage` (masked ones normalize over kept channels only)."""
 
     @abstractmethod
     def attention_taps(self, layer: int) -> list[nn.Module]:

@@ -9,29 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageClassification,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, PreTrainedModel
 
-from ..adapters import adapter_for
+from ..adapters import adapter_class_for_config, load_pretrained
 from ..atomic import atomic_path, check_output
 from ..evaluation.complexity import max_positions
 from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_split, model_channels, text_documents
+from ..model_io import load_processor
 from ..proxy import document_proxy, image_proxy
+from ..scoring import DEFAULT_LABELS_PER_INPUT, METHODS
 from ..targets import PruningTarget
-
-AUTO_CLASS_BY_SUFFIX = (
-    (("ForImageClassification", "ForImageClassificationWithTeacher"), AutoModelForImageClassification),
-    (("LMHeadModel", "ForCausalLM"), AutoModelForCausalLM),
-    (("ForSequenceClassification",), AutoModelForSequenceClassification),
-)
 
 
 class CLIError(ValueError):
@@ -77,43 +64,56 @@ def load_config(name_or_path: str):
 
 
 def load_model(name_or_path: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """The model with the Auto class its saved architecture names (classifier, causal LM, or backbone);
-    in `dtype` if given, else in the dtype the checkpoint was stored in."""
-    config = load_config(name_or_path)
-    architecture = (getattr(config, "architectures", None) or [""])[0]
-    auto = next((auto for suffixes, auto in AUTO_CLASS_BY_SUFFIX if architecture.endswith(suffixes)), AutoModel)
-    return auto.from_pretrained(name_or_path, dtype=dtype).eval()
+    """The model as the class its checkpoint was saved as (heads kept); one line naming the supported classes
+    for a class no adapter supports. In `dtype` if given, else in the dtype the checkpoint was stored in."""
+    return load_pretrained(name_or_path, config=load_config(name_or_path), dtype=dtype).eval()
 
 
 def modality(model: PreTrainedModel) -> str:
-    """'image' or 'text', from the inputs the model's adapter needs."""
-    return "image" if "pixel_values" in adapter_for(model).required_inputs else "text"
+    """'image' or 'text', as the model's adapter says."""
+    return adapter_class_for_config(model.config).modality
 
 
 def load_preprocessor(name_or_path: str, kind: str) -> Any:
     """The image processor or tokenizer saved with the model."""
     try:
-        if kind == "image":
-            return AutoImageProcessor.from_pretrained(name_or_path)
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        what = "image processor" if kind == "image" else "tokenizer"
-        raise CLIError(f"{name_or_path!r} has no {what}; save one next to the model") from err
+        return load_processor(name_or_path, kind)
+    except ValueError as err:
+        raise CLIError(str(err)) from err
 
 
 def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("proxy set (the samples channels are scored on)")
-    group.add_argument("--dataset", type=path_arg, help="datasets name, save_to_disk folder, imagefolder, or text file/folder "
-                                         "(default: imagenet-1k for image models, wikitext for language models)")
+    group.add_argument("--dataset", type=path_arg,
+                       help="datasets name (streamed), save_to_disk folder, imagefolder, or text file/folder "
+                            "(default: imagenet-1k for image models, wikitext for language models)")
     group.add_argument("--dataset-config", default=None, help=f"datasets config (text default: {DEFAULT_TEXT_CONFIG})")
     group.add_argument("--split", default="train", help="split the proxy set is sampled from (default: train)")
     group.add_argument("--column", default=None, help="image or text column (default: image / text)")
-    group.add_argument("--proxy-size", type=positive_int, default=2000, help="samples (images or sequences; default 2000)")
-    group.add_argument("--seq-len", type=positive_int, default=512, help="tokens per proxy sequence (language models)")
-    group.add_argument("--batch-size", type=positive_int, default=32, help="proxy samples per forward pass (default 32)")
+    group.add_argument("--proxy-size", type=positive_int,
+                       default=2000, help="samples (images or sequences; default 2000)")
+    group.add_argument("--seq-len", type=positive_int,
+                       default=512, help="tokens per proxy sequence (language models)")
+    group.add_argument("--batch-size", type=positive_int,
+                       default=32, help="proxy samples per forward pass (default 32)")
     group.add_argument("--seed", type=int, default=0, help="seed of the proxy sample and of --method random")
-    group.add_argument("--method", default="kl", choices=("kl", "magnitude", "random"),
-                       help="importance criterion: kl (the paper's, exact) or a baseline")
+    group.add_argument("--method", default="kl", choices=METHODS,
+                       help="importance criterion: kl (the paper's, exact), fisher (its fast second-order "
+                            "estimate), hybrid (exact for residual and attention, Fisher for FFN) or a baseline")
+    group.add_argument("--labels-per-input", type=positive_int, default=DEFAULT_LABELS_PER_INPUT, metavar="K",
+                       help="fisher/hybrid: labels from the model's own output per input (per token for language "
+                            f"models), one backward pass each (default {DEFAULT_LABELS_PER_INPUT})")
+
+
+def needs_proxy(method: str) -> bool:
+    """Whether a scoring method reads a proxy set (the baselines need no data)."""
+    return method in ("kl", "fisher", "hybrid")
+
+
+def score_with_arguments(pruner, args: argparse.Namespace, proxy, **scale: Any):
+    """`pruner.score` with the method options of the proxy arguments (and the exact pass's `scale` options)."""
+    return pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass, seed=args.seed,
+                        labels_per_input=args.labels_per_input, **scale)
 
 
 def build_proxy(args: argparse.Namespace, model_name: str, model: PreTrainedModel) -> list[dict]:
@@ -135,12 +135,23 @@ def build_proxy(args: argparse.Namespace, model_name: str, model: PreTrainedMode
                           batch_size=args.batch_size)
 
 
+def per_stage(text: str) -> int | tuple[int, ...]:
+    """A positive int, or comma-separated ones with one per stage of a hierarchical model (PVTv2): `32,64,160,256`."""
+    try:
+        values = tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or comma-separated positive integers "
+                                         f"(one per stage), got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("target widths (the same in every layer)")
-    group.add_argument("--hidden-size", type=positive_int, help="residual width")
-    group.add_argument("--num-heads", type=positive_int, help="attention heads (must divide the current count)")
-    group.add_argument("--intermediate-size", type=positive_int, help="FFN width")
-    group.add_argument("--head-dim", type=positive_int, help="dims per head (default hidden-size // num-heads)")
+    group = parser.add_argument_group("target widths (the same in every layer; hierarchical models (PVTv2) "
+                                      "take one comma-separated value per stage)")
+    group.add_argument("--hidden-size", type=per_stage, help="residual width")
+    group.add_argument("--num-heads", type=per_stage, help="attention heads (must divide the current count)")
+    group.add_argument("--intermediate-size", type=per_stage, help="FFN width")
+    group.add_argument("--head-dim", type=per_stage, help="dims per head (default hidden-size // num-heads)")
     group.add_argument("--ratio", type=float, help="keep this fraction of every component instead")
 
 

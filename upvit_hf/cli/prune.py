@@ -19,8 +19,10 @@ from .common import (
     load_model,
     load_preprocessor,
     modality,
+    needs_proxy,
+    score_with_arguments,
     path_arg,
-    positive_int,
+    per_stage,
     target_from_arguments,
 )
 from .scale import add_scale_arguments, scale_options, scoring_processes
@@ -30,6 +32,9 @@ EXAMPLE = """examples:
       --hidden-size 384 --num-heads 6 --intermediate-size 1536 --output up-deit-s
   upvit prune --model ./tiny-gpt2 --dataset ./ptb.txt --proxy-size 64 --seq-len 128 --ratio 0.5 --output ./half
   upvit prune --model ./tiny-vit --dataset ./digits --num-layers 3 --output ./shallow
+  upvit prune --model ./tiny-vit --dataset ./digits --method fisher --refine-band 0.1 --ratio 0.5 --output ./half
+  upvit prune --model OpenGVLab/pvt_v2_b2 --dataset imagenet-1k --hidden-size 32,64,160,256 \
+      --num-heads 1,2,5,8 --intermediate-size 256,512,640,1024 --num-layers 2,2,2,2 --output ./up-pvt-v2-b0
 """
 
 
@@ -41,8 +46,12 @@ def register(subparsers) -> None:
     parser.add_argument("--scores", type=path_arg, help="scores file from `upvit score` (otherwise scored on the fly)")
     parser.add_argument("--force", action="store_true",
                         help="use --scores even though they record another model or other widths")
-    parser.add_argument("--num-layers", type=positive_int,
-                        help="also remove blocks progressively down to this depth")
+    parser.add_argument("--num-layers", type=per_stage,
+                        help="also remove blocks progressively down to this depth "
+                             "(hierarchical models: a total, or one per stage: 2,2,2,2)")
+    parser.add_argument("--refine-band", type=float, metavar="F",
+                        help="re-score with exact KL the channels ranked within ±F·width of each component's cut "
+                             "(approximate scores from --scores or --method; needs --dataset)")
     add_target_arguments(parser)
     add_proxy_arguments(parser)
     add_scale_arguments(parser)
@@ -69,6 +78,14 @@ def _prune(args: argparse.Namespace, scores: ImportanceScores | None, options: d
     if target is None and args.num_layers is None:
         raise CLIError("nothing to do: give target widths (--hidden-size/--num-heads/--intermediate-size or "
                        "--ratio) and/or --num-layers")
+    if args.refine_band is not None:
+        if target is None:
+            raise CLIError("--refine-band refines the cut of a width target: give --ratio or the target widths")
+        if args.scores is None and args.method == "kl":
+            raise CLIError("--refine-band refines approximate scores: give --scores or --method fisher/hybrid/"
+                           "magnitude/random (exact kl scores need no refinement)")
+        if args.refine_band < 0:
+            raise CLIError(f"--refine-band must be >= 0, got {args.refine_band}")
     kind = modality(model)
     pruner = UPPruner(model)
     if target is not None:
@@ -78,7 +95,8 @@ def _prune(args: argparse.Namespace, scores: ImportanceScores | None, options: d
         if not args.force:
             scores.check_origin(model, pruner.adapter.widths)
     proxy = None
-    if args.num_layers is not None or (target is not None and args.scores is None and args.method == "kl"):
+    if args.num_layers is not None or args.refine_band is not None or (
+            target is not None and args.scores is None and needs_proxy(args.method)):
         proxy = build_proxy(args, args.model, model)
     pruned = model
     if args.num_layers is not None:
@@ -90,8 +108,10 @@ def _prune(args: argparse.Namespace, scores: ImportanceScores | None, options: d
             width_options = {k: v for k, v in options.items() if k != "checkpoint"}
             if "checkpoint" in options:  # the depth steps keep theirs at CHECKPOINT.stepK
                 width_options["checkpoint"] = options["checkpoint"] + ".width"
-            scores = pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass,
-                                  seed=args.seed, **(width_options if args.method == "kl" else {}))
+            scores = score_with_arguments(pruner, args, proxy, **(width_options if args.method == "kl" else {}))
+        if args.refine_band is not None:
+            scores = pruner.refine(scores, target, proxy, band=args.refine_band,
+                                   variants_per_pass=args.variants_per_pass)
         pruned = pruner.prune(target, scores, force=args.force)
     if not is_main:
         return

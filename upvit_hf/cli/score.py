@@ -13,7 +13,9 @@ from .common import (
     build_proxy,
     check_output_argument,
     load_model,
+    needs_proxy,
     path_arg,
+    score_with_arguments,
 )
 from .scale import add_scale_arguments, scale_options, scoring_processes
 
@@ -44,9 +46,8 @@ def run(args: argparse.Namespace) -> None:
     with scoring_processes() as state:
         model = load_model(args.model, dtype=torch.float32).to(state.device)
         pruner = UPPruner(model)
-        proxy = build_proxy(args, args.model, model) if args.method == "kl" else None
-        scores = pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass, seed=args.seed,
-                              **options)
+        proxy = build_proxy(args, args.model, model) if needs_proxy(args.method) else None
+        scores = score_with_arguments(pruner, args, proxy, **options)
         if state.is_main_process:
             scores.save(args.output, overwrite=args.overwrite)
             print(f"wrote {args.method} scores of {len(scores.ffn)} layers to {args.output}")

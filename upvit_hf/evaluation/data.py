@@ -14,6 +14,8 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset, load_from_disk
 
+from ..adapters import adapter_class_for_config
+
 DEFAULT_IMAGE_DATASET = "ILSVRC/imagenet-1k"  # the canonical id of `imagenet-1k`
 DEFAULT_TEXT_DATASET = "Salesforce/wikitext"  # the canonical id of `wikitext`
 DEFAULT_TEXT_CONFIG = "wikitext-2-raw-v1"
@@ -185,16 +187,16 @@ _MODES = {1: "L", 3: "RGB"}
 
 
 def image_mode(num_channels: int) -> str:
-    """The PIL mode of images for a model with `num_channels` input channels (`config.num_channels`)."""
+    """The PIL mode of images for a model with `num_channels` input channels."""
     if num_channels not in _MODES:
         raise ValueError(f"images can be converted for 1- or 3-channel models, not {num_channels} channels")
     return _MODES[num_channels]
 
 
 def model_channels(model_or_config: Any) -> int:
-    """The input channels a vision model expects (`config.num_channels`, 3 when the config does not say)."""
+    """The input channels a vision model expects, as its family's adapter reads them off the config."""
     config = getattr(model_or_config, "config", model_or_config)
-    return int(getattr(config, "num_channels", 3))
+    return adapter_class_for_config(config).num_channels(config)
 
 
 def convert_images(images: Iterable[Any], num_channels: int) -> list[Any]:

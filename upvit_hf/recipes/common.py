@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from datasets import Dataset, DatasetDict
+from transformers import PreTrainedModel
+
+from ..adapters import adapter_class_for_config, load_pretrained
 
 
 @dataclass
@@ -25,6 +28,21 @@ class DistillationDataArguments:
     eval_fraction: float = field(default=0.1, metadata={"help": "Held-out fraction when there is no eval split."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training samples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluation samples."})
+
+
+def load_student_and_teacher(
+    args: DistillationModelArguments, auto_class: type
+) -> tuple[PreTrainedModel, PreTrainedModel]:
+    """Student and teacher as the classes their checkpoints were saved as (no head dropped or added); ValueError
+    unless both are models the recipe distils: classes that `auto_class` loads."""
+    models = []
+    for role, name in (("student", args.student), ("teacher", args.teacher)):
+        model = load_pretrained(name)
+        if adapter_class_for_config(model.config).auto_class(type(model)) is not auto_class:
+            raise ValueError(f"the {role} {name!r} is a {type(model).__name__}; this recipe distils models that "
+                             f"{auto_class.__name__} loads")
+        models.append(model)
+    return models[0], models[1]
 
 
 def train_eval_splits(ds: Dataset | DatasetDict, args: DistillationDataArguments, seed: int) -> tuple[Dataset, Dataset]:

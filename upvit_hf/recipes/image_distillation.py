@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, Image
 from transformers import (
-    AutoImageProcessor,
     AutoModelForImageClassification,
     EvalPrediction,
     HfArgumentParser,
@@ -32,9 +31,11 @@ from transformers import (
 )
 from transformers.image_processing_base import ImageProcessingMixin
 
+from ..adapters import adapter_class_for_config
 from ..distillation import DistillationTrainer, EMACallback
 from ..evaluation.data import check_columns, convert_images, load_source
-from .common import DistillationDataArguments, DistillationModelArguments, train_eval_splits
+from ..model_io import load_processor
+from .common import DistillationDataArguments, DistillationModelArguments, load_student_and_teacher, train_eval_splits
 
 
 @dataclass
@@ -176,8 +177,8 @@ def saved_image_processor(*names_or_paths: str) -> Any | None:
     """The first image processor saved with one of the models (saved with the student so it stays usable)."""
     for name in names_or_paths:
         try:
-            return AutoImageProcessor.from_pretrained(name)
-        except (OSError, ValueError):
+            return load_processor(name, "image")
+        except ValueError:
             continue
     return None
 
@@ -207,8 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     set_seed(training_args.seed)
 
-    student = AutoModelForImageClassification.from_pretrained(model_args.student)
-    teacher = AutoModelForImageClassification.from_pretrained(model_args.teacher)
+    student, teacher = load_student_and_teacher(model_args, AutoModelForImageClassification)
+    family = adapter_class_for_config(student.config)
     if student.config.num_labels != teacher.config.num_labels:
         raise ValueError(f"student has {student.config.num_labels} classes, teacher {teacher.config.num_labels}")
 
@@ -225,7 +226,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for split in (train_ds, eval_ds):
         check_columns(split, [image_column, data_args.label_column])
 
-    size, channels = student.config.image_size, student.config.num_channels
+    (size, width), channels = family.image_size(student.config), family.num_channels(student.config)
+    if size != width:
+        raise ValueError(f"the distillation transforms make square images; the student's images are {size}×{width}")
     mean, std = normalization(model_args.teacher, channels)
     common = dict(
         args=data_args, image_column=image_column, size=size, channels=channels, mean=mean, std=std,
