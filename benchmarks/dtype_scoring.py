@@ -53,7 +53,7 @@ def main() -> None:
     trained = train(model, train_set, recipe.teacher, args.seed)
     print(f"teacher trained: {trained.steps} steps in {trained.seconds:.0f} s", flush=True)
     model = model.to(torch.bfloat16).eval()  # as a bf16 checkpoint loads
-    proxy = image_proxy(splits.train, splits.processor, size=args.proxy_size, seed=args.seed, image_mode="L",
+    proxy = image_proxy(splits.train, splits.processor, size=args.proxy_size, seed=args.seed, num_channels=1,
                         batch_size=64)
 
     reference = flat(UPPruner(copy.deepcopy(model).double()).score(proxy, show_progress=False))
