@@ -242,26 +242,6 @@ def test_mems_perplexity_carries_memory() -> None:
     assert result.perplexity == pytest.approx(n ** (1 / (n - 1)), rel=1e-6)
 
 
-class _LossOnlyLM(nn.Module):
-    """Returns only per-token `losses` (shifted inside, one per scored token) when given labels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, input_ids, labels=None, mems=None):
-        out = ModelOutput(mems=(0 if mems is None else mems) + input_ids.shape[1])
-        if labels is not None:
-            out["losses"] = torch.full((labels.shape[0], labels.shape[1] - 1), 0.5)
-        return out
-
-
-def test_mems_perplexity_with_losses_only_model() -> None:
-    result = mems_perplexity(_LossOnlyLM(), torch.arange(12), tgt_len=5, progress=False)
-    assert result.num_tokens == 4 + 4 + 1  # segments 5, 5, 2 score len-1 tokens each
-    assert result.perplexity == pytest.approx(math.exp(0.5))
-
-
 class _CharTokenizer:
     """Character ids modulo the vocabulary: enough of a tokenizer for `evaluate_perplexity`."""
 

@@ -81,13 +81,21 @@ def infer_pipeline_tag(auto_class: type | None) -> str | None:
 
 
 def _usage_section(found: tuple[type[ModelAdapter], type] | None, auto_class: type | None, repo: str) -> list[str]:
-    """How to load the model: its Auto class (or its own class where no Auto class maps it), after
-    `import upvit_hf` for a family transformers does not ship."""
+    """How to load the model: its Auto class (or its own class where no Auto class maps it). A family
+    transformers does not ship loads with the code saved next to its weights (`trust_remote_code=True`, also for
+    the tokenizer, since `AutoTokenizer` reads the custom config) or after `import upvit_hf`."""
     loader = (auto_class or found[1]).__name__ if found else "AutoModel"
-    lines = ["## Usage", "", "```python"]
-    if found and found[0].needs_remote_code:
-        lines.append(f"import upvit_hf  # registers {found[1].__name__} with the transformers Auto classes")
-    lines += [f"from transformers import {loader}", "", f'model = {loader}.from_pretrained("{repo}")', "```", ""]
+    remote = bool(found and found[0].needs_remote_code)
+    trust = ", trust_remote_code=True" if remote else ""
+    tokenizer = remote and found[0].modality == "text"
+    lines = ["## Usage", "", "```python", f"from transformers import {loader}{', AutoTokenizer' if tokenizer else ''}",
+             "", f'model = {loader}.from_pretrained("{repo}"{trust})']
+    if tokenizer:
+        lines.append(f'tokenizer = AutoTokenizer.from_pretrained("{repo}"{trust})')
+    lines += ["```", ""]
+    if remote:
+        lines += [f"transformers has no {found[1].__name__}: the checkpoint carries its code. With upvit-hf installed, "
+                  "`import upvit_hf` registers it instead and `trust_remote_code` is not needed.", ""]
     return lines
 
 

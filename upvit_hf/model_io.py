@@ -10,6 +10,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
 """Label id skipped by losses and metrics (the transformers / PyTorch convention)."""
@@ -29,14 +32,34 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 def load_processor(name_or_path: str | os.PathLike, modality: str) -> Any:
     """The image processor (image models) or tokenizer (text models) saved with a model; ValueError naming what
-    is missing."""
+    is missing. A text model whose tokenizer only an older transformers can read gets the one its adapter
+    converts (Transformer-XL's ``vocab.pkl``), in memory: the model folder is not touched."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
     what, auto = ("image processor", AutoImageProcessor) if modality == "image" else ("tokenizer", AutoTokenizer)
     try:
         return auto.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{str(name_or_path)!r} has no {what}; save one next to the model") from err
+        converted = _legacy_tokenizer(name_or_path) if modality == "text" else None
+        if converted is None:
+            raise ValueError(f"{str(name_or_path)!r} has no {what}; save one next to the model") from err
+        return converted
+
+
+def _legacy_tokenizer(name_or_path: str | os.PathLike) -> Any | None:
+    """The tokenizer the model's adapter converts from files an older transformers saved, or None."""
+    from transformers import AutoConfig
+
+    from .adapters import adapter_class_for_config
+
+    try:
+        adapter = adapter_class_for_config(AutoConfig.from_pretrained(name_or_path))
+    except (OSError, ValueError):  # no config, or a family without an adapter: nothing to convert
+        return None
+    tokenizer = adapter.legacy_tokenizer(str(name_or_path))  # a refused vocabulary raises ValueError
+    if tokenizer is not None:
+        logger.warning(f"{name_or_path}: no tokenizer transformers 5 can load; converted the 4.x vocabulary")
+    return tokenizer
 
 
 def logits_of(output: Any) -> torch.Tensor | None:

@@ -21,6 +21,7 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -108,6 +109,16 @@ class ModelAdapter(ABC):
             self._param_names.setdefault(id(param), []).append(name)
 
     # ------------------------------------------------------------------ config
+    def memory_settings(self, *, mem_len: int, clamp_len: int, same_length: bool) -> AbstractContextManager:
+        """Temporarily evaluate with these memory settings (only for families with `uses_memory`)."""
+        raise ValueError(f"{type(self.model).__name__} carries no memories")
+
+    @classmethod
+    def legacy_tokenizer(cls, name_or_path: str) -> Any | None:
+        """A tokenizer converted from files an older transformers saved, for a model `AutoTokenizer` cannot
+        load a tokenizer for; None where the family has no such files."""
+        return None
+
     @classmethod
     @abstractmethod
     def read_widths(cls, config: PretrainedConfig) -> Widths:

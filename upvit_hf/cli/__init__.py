@@ -1,4 +1,4 @@
-"""The `upvit` command line: score, prune, distill, evaluate, push, demo.
+"""The `upvit` command line: convert-vocab, score, prune, distill, evaluate, push, demo.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback, and leaves no output behind.
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo, distill, evaluate, prune, push, score
+from . import convert_vocab, demo, distill, evaluate, prune, push, score
 
-SUBCOMMANDS = (score, prune, distill, evaluate, push, demo)
+SUBCOMMANDS = (convert_vocab, score, prune, distill, evaluate, push, demo)
 
 
 class OneLineParser(argparse.ArgumentParser):

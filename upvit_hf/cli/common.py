@@ -83,14 +83,18 @@ def load_preprocessor(name_or_path: str, kind: str) -> Any:
 
 def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("proxy set (the samples channels are scored on)")
-    group.add_argument("--dataset", type=path_arg, help="datasets name, save_to_disk folder, imagefolder, or text file/folder "
-                                         "(default: imagenet-1k for image models, wikitext for language models)")
+    group.add_argument("--dataset", type=path_arg,
+                       help="datasets name (streamed), save_to_disk folder, imagefolder, or text file/folder "
+                            "(default: imagenet-1k for image models, wikitext for language models)")
     group.add_argument("--dataset-config", default=None, help=f"datasets config (text default: {DEFAULT_TEXT_CONFIG})")
     group.add_argument("--split", default="train", help="split the proxy set is sampled from (default: train)")
     group.add_argument("--column", default=None, help="image or text column (default: image / text)")
-    group.add_argument("--proxy-size", type=positive_int, default=2000, help="samples (images or sequences; default 2000)")
-    group.add_argument("--seq-len", type=positive_int, default=512, help="tokens per proxy sequence (language models)")
-    group.add_argument("--batch-size", type=positive_int, default=32, help="proxy samples per forward pass (default 32)")
+    group.add_argument("--proxy-size", type=positive_int,
+                       default=2000, help="samples (images or sequences; default 2000)")
+    group.add_argument("--seq-len", type=positive_int,
+                       default=512, help="tokens per proxy sequence (language models)")
+    group.add_argument("--batch-size", type=positive_int,
+                       default=32, help="proxy samples per forward pass (default 32)")
     group.add_argument("--seed", type=int, default=0, help="seed of the proxy sample and of --method random")
     group.add_argument("--method", default="kl", choices=METHODS,
                        help="importance criterion: kl (the paper's, exact), fisher (its fast second-order "
