@@ -122,3 +122,38 @@ def test_score_and_evaluate_a_one_channel_vit(grey_vit, tmp_path):
     result = evaluate_accuracy(model, data, ViTImageProcessor.from_pretrained(grey_vit / "grey"), progress=False,
                                top_k=(5,))
     assert result["num_samples"] == 6 and result["top5"] == 1.0  # 5 classes: every sample is a top-5 hit
+
+
+def test_score_streams_a_hub_dataset(local_hub, tmp_path, monkeypatch):
+    """`upvit score --dataset ORG/NAME` reads a (local) Hub dataset by streaming; the scores are those of the
+    seeded streamed sample (the same `shuffle(seed, buffer).take(n)` read independently)."""
+    import datasets.config
+    from datasets import load_dataset
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", local_hub.url)  # read by `datasets` at import
+    features = Features({"image": Image(), "label": ClassLabel(num_classes=5)})
+    images = rgb_images(40, 4)
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    for shard in range(4):
+        rows = range(10 * shard, 10 * shard + 10)
+        Dataset.from_dict({"image": [images[i] for i in rows], "label": [i % 5 for i in rows]},
+                          features=features).to_parquet(tmp_path / "repo" / "data" / f"train-{shard:05d}-of-00004.parquet")
+    api = HfApi(endpoint=local_hub.url, token="hf_local_test_token")
+    api.create_repo("upvit-tester/images", repo_type="dataset")
+    api.upload_folder(repo_id="upvit-tester/images", repo_type="dataset", folder_path=tmp_path / "repo")
+
+    randomize(ViTForImageClassification(vit_config())).save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(**PROCESSOR).save_pretrained(tmp_path / "vit")
+    main(["score", "--model", str(tmp_path / "vit"), "--dataset", "upvit-tester/images", "--proxy-size", "5",
+          "--seed", "3", "--output", str(tmp_path / "s.safetensors")])
+    scores = ImportanceScores.load(tmp_path / "s.safetensors")
+
+    stream = load_dataset("upvit-tester/images", split="train", streaming=True)
+    picked = [row["image"] for row in stream.shuffle(seed=3, buffer_size=1000).take(5)]
+    pixels = ViTImageProcessor(**PROCESSOR)(images=picked, return_tensors="pt")["pixel_values"]
+    model = ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    reference = UPPruner(model).score([{"pixel_values": pixels}], show_progress=False)
+    assert scores.meta["proxy_size"] == 5
+    for mine, theirs in zip([scores.residual, *scores.ffn], [reference.residual, *reference.ffn]):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)

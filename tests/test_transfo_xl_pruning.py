@@ -23,7 +23,7 @@ from helpers import random_scores, top_sorted
 from tiny import randomize
 from transformers import AutoModelForCausalLM
 
-from upvit_hf import ImportanceScores, PruningTarget, UPPruner
+from upvit_hf import PruningTarget, UPPruner
 from upvit_hf.adapters import adapter_for
 from upvit_hf.depth import BlockUnit, remove_unit
 from upvit_hf.models.transfo_xl import TransfoXLConfig, TransfoXLLMHeadModel, TransfoXLModel

@@ -16,6 +16,7 @@ from ..evaluation.complexity import max_positions
 from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_split, model_channels, text_documents
 from ..model_io import load_processor
 from ..proxy import document_proxy, image_proxy
+from ..scoring import DEFAULT_LABELS_PER_INPUT, METHODS
 from ..targets import PruningTarget
 
 
@@ -82,19 +83,38 @@ def load_preprocessor(name_or_path: str, kind: str) -> Any:
 
 def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("proxy set (the samples channels are scored on)")
-    group.add_argument("--dataset", type=path_arg, help="datasets name, save_to_disk folder, imagefolder, or text file/folder "
-                                         "(default: imagenet-1k for image models, wikitext for language models)")
+    group.add_argument("--dataset", type=path_arg,
+                       help="datasets name (streamed), save_to_disk folder, imagefolder, or text file/folder "
+                            "(default: imagenet-1k for image models, wikitext for language models)")
     group.add_argument("--dataset-config", default=None, help=f"datasets config (text default: {DEFAULT_TEXT_CONFIG})")
     group.add_argument("--split", default="train", help="split the proxy set is sampled from (default: train)")
     group.add_argument("--column", default=None, help="image or text column (default: image / text)")
-    group.add_argument("--proxy-size", type=positive_int, default=2000, help="samples (images or sequences; default 2000)")
-    group.add_argument("--seq-len", type=positive_int, default=512, help="tokens per proxy sequence (language models)")
-    group.add_argument("--batch-size", type=positive_int, default=32, help="proxy samples per forward pass (default 32)")
+    group.add_argument("--proxy-size", type=positive_int,
+                       default=2000, help="samples (images or sequences; default 2000)")
+    group.add_argument("--seq-len", type=positive_int,
+                       default=512, help="tokens per proxy sequence (language models)")
+    group.add_argument("--batch-size", type=positive_int,
+                       default=32, help="proxy samples per forward pass (default 32)")
     group.add_argument("--seed", type=int, default=0, help="seed of the proxy sample and of --method random")
-    group.add_argument("--method", default="kl", choices=("kl", "magnitude", "random"),
-                       help="importance criterion: kl (the paper's, exact) or a baseline")
+    group.add_argument("--method", default="kl", choices=METHODS,
+                       help="importance criterion: kl (the paper's, exact), fisher (its fast second-order "
+                            "estimate), hybrid (exact for residual and attention, Fisher for FFN) or a baseline")
+    group.add_argument("--labels-per-input", type=positive_int, default=DEFAULT_LABELS_PER_INPUT, metavar="K",
+                       help="fisher/hybrid: labels from the model's own output per input (per token for language "
+                            f"models), one backward pass each (default {DEFAULT_LABELS_PER_INPUT})")
     group.add_argument("--variants-per-pass", type=positive_int, default=16,
                        help="channel removals evaluated per forward pass; bounds memory (default 16)")
+
+
+def needs_proxy(method: str) -> bool:
+    """Whether a scoring method reads a proxy set (the baselines need no data)."""
+    return method in ("kl", "fisher", "hybrid")
+
+
+def score_with_arguments(pruner, args: argparse.Namespace, proxy):
+    """`pruner.score` with the method options of the proxy arguments."""
+    return pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass, seed=args.seed,
+                        labels_per_input=args.labels_per_input)
 
 
 def build_proxy(args: argparse.Namespace, model_name: str, model: PreTrainedModel) -> list[dict]:

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
                         help="replace an existing, non-empty --output-dir (only once the new results are complete)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a pipeline check)")
     parser.add_argument("--seeds", type=int, nargs="+", help="vision seeds (default: 0 1 2; quick: 0)")
-    parser.add_argument("--threads", type=positive_int, help="torch threads (default: the cores the machine's load leaves)")
+    parser.add_argument("--threads", type=positive_int,
+                        help="torch threads (default: the cores the machine's load leaves)")
     parser.set_defaults(run=run)
 
 

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="accuracy or perplexity, plus params, FLOPs and throughput",
                                    epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=path_arg, required=True, help="hub id or local folder")
-    parser.add_argument("--dataset", type=path_arg, help="default: imagenet-1k (image models) / wikitext (language models)")
+    parser.add_argument("--dataset", type=path_arg,
+                        help="default: imagenet-1k (image models) / wikitext (language models)")
     parser.add_argument("--dataset-config", help=f"datasets config (text default: {DEFAULT_TEXT_CONFIG})")
     parser.add_argument("--split", help="default: validation (images) / test (text)")
     parser.add_argument("--column", help="image or text column (default: image / text)")

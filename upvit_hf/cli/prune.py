@@ -19,6 +19,8 @@ from .common import (
     load_model,
     load_preprocessor,
     modality,
+    needs_proxy,
+    score_with_arguments,
     path_arg,
     positive_int,
     target_from_arguments,
@@ -29,6 +31,7 @@ EXAMPLE = """examples:
       --hidden-size 384 --num-heads 6 --intermediate-size 1536 --output up-deit-s
   upvit prune --model ./tiny-gpt2 --dataset ./ptb.txt --proxy-size 64 --seq-len 128 --ratio 0.5 --output ./half
   upvit prune --model ./tiny-vit --dataset ./digits --num-layers 3 --output ./shallow
+  upvit prune --model ./tiny-vit --dataset ./digits --method fisher --refine-band 0.1 --ratio 0.5 --output ./half
 """
 
 
@@ -42,6 +45,9 @@ def register(subparsers) -> None:
                         help="use --scores even though they record another model or other widths")
     parser.add_argument("--num-layers", type=positive_int,
                         help="also remove blocks progressively down to this depth")
+    parser.add_argument("--refine-band", type=float, metavar="F",
+                        help="re-score with exact KL the channels ranked within ±F·width of each component's cut "
+                             "(approximate scores from --scores or --method; needs --dataset)")
     add_target_arguments(parser)
     add_proxy_arguments(parser)
     parser.set_defaults(run=run)
@@ -58,6 +64,14 @@ def run(args: argparse.Namespace) -> None:
     if target is None and args.num_layers is None:
         raise CLIError("nothing to do: give target widths (--hidden-size/--num-heads/--intermediate-size or "
                        "--ratio) and/or --num-layers")
+    if args.refine_band is not None:
+        if target is None:
+            raise CLIError("--refine-band refines the cut of a width target: give --ratio or the target widths")
+        if args.scores is None and args.method == "kl":
+            raise CLIError("--refine-band refines approximate scores: give --scores or --method fisher/hybrid/"
+                           "magnitude/random (exact kl scores need no refinement)")
+        if args.refine_band < 0:
+            raise CLIError(f"--refine-band must be >= 0, got {args.refine_band}")
     kind = modality(model)
     pruner = UPPruner(model)
     if target is not None:
@@ -67,7 +81,8 @@ def run(args: argparse.Namespace) -> None:
         if not args.force:
             scores.check_origin(model, pruner.adapter.widths)
     proxy = None
-    if args.num_layers is not None or (target is not None and args.scores is None and args.method == "kl"):
+    if args.num_layers is not None or args.refine_band is not None or (
+            target is not None and args.scores is None and needs_proxy(args.method)):
         proxy = build_proxy(args, args.model, model)
     pruned = model
     if args.num_layers is not None:
@@ -75,8 +90,10 @@ def run(args: argparse.Namespace) -> None:
         pruner = UPPruner(pruned)
     if target is not None:
         if scores is None:
-            scores = pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass,
-                                  seed=args.seed)
+            scores = score_with_arguments(pruner, args, proxy)
+        if args.refine_band is not None:
+            scores = pruner.refine(scores, target, proxy, band=args.refine_band,
+                                   variants_per_pass=args.variants_per_pass)
         pruned = pruner.prune(target, scores, force=args.force)
     original_stats, pruned_stats = model_stats(model), model_stats(pruned)
     with atomic_path(args.output, directory=True, overwrite=args.overwrite) as tmp:

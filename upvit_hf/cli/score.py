@@ -11,7 +11,9 @@ from .common import (
     build_proxy,
     check_output_argument,
     load_model,
+    needs_proxy,
     path_arg,
+    score_with_arguments,
 )
 
 EXAMPLE = """example:
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> None:
     check_output_argument(args.output, args.overwrite)
     model = load_model(args.model)
     pruner = UPPruner(model)
-    proxy = build_proxy(args, args.model, model) if args.method == "kl" else None
-    scores = pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass, seed=args.seed)
+    proxy = build_proxy(args, args.model, model) if needs_proxy(args.method) else None
+    scores = score_with_arguments(pruner, args, proxy)
     scores.save(args.output, overwrite=args.overwrite)
     print(f"wrote {args.method} scores of {len(scores.ffn)} layers to {args.output}")
