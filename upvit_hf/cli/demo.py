@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 EXAMPLE = """examples:
-  upvit demo                        # about 8 minutes on 2 CPU cores; what `make demo` runs
+  upvit demo                        # about 10 minutes on 2 idle CPU cores; what `make demo` runs
   upvit demo --quick --output-dir /tmp/demo   # under a minute: checks the pipeline, numbers mean little
 """
 
@@ -15,7 +15,8 @@ def register(subparsers) -> None:
                                    epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="demo_output", help="where results and models go")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a pipeline check)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="vision seeds (default: 0 1 2; quick: 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="vision seeds (default: 0 1 2 3 4; quick: 0 1)")
+    parser.add_argument("--language-seeds", type=int, nargs="+", help="language seeds (default: 0 1 2; quick: 0)")
     parser.add_argument("--threads", type=int, help="torch threads (default: the cores the machine's load leaves)")
     parser.set_defaults(run=run)
 
@@ -23,4 +24,5 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..demo import run_demo
 
-    run_demo(args.output_dir, quick=args.quick, seeds=args.seeds, num_threads=args.threads)
+    run_demo(args.output_dir, quick=args.quick, seeds=args.seeds, language_seeds=args.language_seeds,
+             num_threads=args.threads)
