@@ -85,9 +85,9 @@ class LanguageRecipe:
         "aggressive": PruningTarget(hidden_size=32, num_attention_heads=2, intermediate_size=128),
     })
     teacher: TrainRecipe = field(default_factory=lambda: TrainRecipe(steps=1000, batch_size=16, learning_rate=3e-3))
-    student: TrainRecipe = field(default_factory=lambda: student_recipe(60, 16, 3e-3, warmup_steps=3))
-    short_steps: int = 15
-    eval_steps: tuple[int, ...] = (15, 30, 60)
+    student: TrainRecipe = field(default_factory=lambda: student_recipe(50, 16, 3e-3, warmup_steps=3))
+    short_steps: int = 10
+    eval_steps: tuple[int, ...] = (10, 25, 50)
     curve_target: str = "mild"
     proxy_sequences: int = 4
     proxy_length: int = 64  # proxy tokens = sequences × length; KL is summed over every position

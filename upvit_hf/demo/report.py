@@ -178,29 +178,31 @@ def _error(summary_std: Any, scale: float) -> Any:
     return None if summary_std is None else summary_std * scale
 
 
+def _short_name(section: dict[str, Any]) -> str:
+    return section["task"].split(" (")[0].replace(" word-level language modelling", "")
+
+
 def _throughput_panel(axis: Any, section: dict[str, Any]) -> None:
     """Metric after the long budget (solid) and the short one (dashed) against throughput, per method."""
     metric, scale = section["metric"], _scale(section["metric"])
     targets, teacher = section["targets"], section["teacher"]
-    recipe = section["setup"]["recipe"]
     x = [t["throughput"] for t in targets]
-    for key, label in method_labels().items():
+    for key in method_labels():
         marker, colour = _style(key)
-        for budget, style, alpha, name in (("long", "-", 1.0, f"{recipe['student']['steps']} steps"),
-                                           ("short", "--", 0.45, f"{recipe['short_steps']} steps")):
+        for budget, style, alpha in (("long", "-", 1.0), ("short", "--", 0.45)):
             summaries = [t["methods"][key][budget] for t in targets]
             axis.errorbar(x, [s["mean"] * scale for s in summaries],
                           yerr=[_error(s["std"], scale) or 0.0 for s in summaries],
-                          fmt=marker + style, color=colour, alpha=alpha, capsize=3, markersize=6, linewidth=1.6,
-                          label=f"{label}, {name}")
-    axis.plot([teacher["throughput"]], [teacher[metric]["mean"] * scale], "*", color="black", markersize=14,
-              label="teacher")
-    for target in targets:
-        axis.annotate(target["name"], (target["throughput"], 1.0), xycoords=("data", "axes fraction"),
-                      textcoords="offset points", xytext=(0, -12), ha="center", fontsize=8, color="#555555")
+                          fmt=marker + style, color=colour, alpha=alpha, capsize=3, markersize=6, linewidth=1.6)
+    axis.plot([teacher["throughput"]], [teacher[metric]["mean"] * scale], "*", color="black", markersize=15)
+    widths = axis.secondary_xaxis("top")
+    widths.set_xticks(x, [f"{t['name']} ({t['flops_ratio']:.2f}× FLOPs)" for t in targets], fontsize=8)
+    widths.tick_params(colors="#555555")
     axis.set_xlabel(f"measured throughput ({teacher['throughput_unit']}, CPU)")
     _metric_axis(axis, metric)
-    axis.set_title(f"{section['task'].split(' (')[0]}: after distillation", fontsize=10)
+    recipe = section["setup"]["recipe"]
+    axis.set_title(f"{_short_name(section)}: after {recipe['student']['steps']} (solid) and "
+                   f"{recipe['short_steps']} (dashed) distillation steps", fontsize=10, pad=18)
     axis.grid(alpha=0.3)
 
 
@@ -209,18 +211,24 @@ def _steps_panel(axis: Any, section: dict[str, Any]) -> None:
     metric, scale = section["metric"], _scale(section["metric"])
     recipe = section["setup"]["recipe"]
     target = next(t for t in section["targets"] if t["name"] == recipe["curve_target"])
-    for key, label in method_labels().items():
+    from matplotlib.ticker import NullLocator, ScalarFormatter
+
+    for key in method_labels():
         marker, colour = _style(key)
         curve = target["methods"][key]["curve"]
         axis.errorbar(curve["steps"], [m * scale for m in curve["mean"]],
                       yerr=[_error(s, scale) or 0.0 for s in curve["std"]],
-                      fmt=marker + "-", color=colour, capsize=3, markersize=5, label=label)
-    axis.axhline(section["teacher"][metric]["mean"] * scale, color="black", linestyle=":", label="teacher")
-    axis.set_xscale("symlog", linthresh=max(1, recipe["short_steps"] // 2))
-    axis.set_xlabel("distillation steps (symlog; 0 = straight after pruning)")
+                      fmt=marker + "-", color=colour, capsize=3, markersize=5)
+    axis.axhline(section["teacher"][metric]["mean"] * scale, color="black", linestyle=":")
+    steps = target["methods"][REFERENCE]["curve"]["steps"]
+    axis.set_xscale("symlog", linthresh=max(1, min(s for s in steps if s > 0)))
+    axis.set_xticks(steps)
+    axis.xaxis.set_major_formatter(ScalarFormatter())
+    axis.xaxis.set_minor_locator(NullLocator())
+    axis.set_xlabel("distillation steps (0 = straight after pruning; symlog)")
     _metric_axis(axis, metric)
-    axis.set_title(f"{section['task'].split(' (')[0]}: {target['name']} target "
-                   f"({target['flops_ratio']:.2f}× FLOPs), during fine-tuning", fontsize=10)
+    axis.set_title(f"{_short_name(section)}: {target['name']} target ({target['flops_ratio']:.2f}× FLOPs) "
+                   "during fine-tuning", fontsize=10)
     axis.grid(alpha=0.3)
 
 
@@ -235,12 +243,17 @@ def write_figure(results: dict[str, Any], path: Path) -> None:
     for column, name in enumerate(("vision", "language")):
         _throughput_panel(axes[0, column], results[name])
         _steps_panel(axes[1, column], results[name])
-    axes[0, 0].legend(fontsize=7, loc="lower left", ncol=2)
-    axes[1, 0].legend(fontsize=8, loc="lower right")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=_style(key)[1], marker=_style(key)[0], label=label)
+               for key, label in method_labels().items()]
+    handles.append(Line2D([], [], color="black", marker="*", markersize=12, linestyle=":", label="teacher"))
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=10, frameon=False)
     seeds = {name: len(results[name]["setup"]["recipe"]["seeds"]) for name in ("vision", "language")}
-    figure.suptitle(f"UP-ViTs demo (error bars: std over {seeds['vision']} / {seeds['language']} seeds)",
+    figure.suptitle("UP-ViTs demo: pruned (by each criterion) and distilled vs. the same widths from scratch; "
+                    f"error bars: std over {seeds['vision']} (digits) / {seeds['language']} (PTB) seeds",
                     fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
