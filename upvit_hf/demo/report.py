@@ -196,13 +196,13 @@ def _throughput_panel(axis: Any, section: dict[str, Any]) -> None:
                           fmt=marker + style, color=colour, alpha=alpha, capsize=3, markersize=6, linewidth=1.6)
     axis.plot([teacher["throughput"]], [teacher[metric]["mean"] * scale], "*", color="black", markersize=15)
     widths = axis.secondary_xaxis("top")
-    widths.set_xticks(x, [f"{t['name']} ({t['flops_ratio']:.2f}× FLOPs)" for t in targets], fontsize=8)
+    widths.set_xticks(x, [f"{t['name']}\n{t['flops_ratio']:.2f}× FLOPs" for t in targets], fontsize=8)
     widths.tick_params(colors="#555555")
     axis.set_xlabel(f"measured throughput ({teacher['throughput_unit']}, CPU)")
     _metric_axis(axis, metric)
     recipe = section["setup"]["recipe"]
     axis.set_title(f"{_short_name(section)}: after {recipe['student']['steps']} (solid) and "
-                   f"{recipe['short_steps']} (dashed) distillation steps", fontsize=10, pad=18)
+                   f"{recipe['short_steps']} (dashed) distillation steps", fontsize=10, pad=28)
     axis.grid(alpha=0.3)
 
 
