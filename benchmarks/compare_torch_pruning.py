@@ -44,7 +44,7 @@ from upvit_hf.proxy import image_proxy
 def tp_prune(teacher: ViTForImageClassification, importance: str, target: PruningTarget,
              proxy: list[dict[str, torch.Tensor]], labels: list[torch.Tensor]) -> ViTForImageClassification:
     """Torch-Pruning's documented recipe for an HF ViT: uniform ratio, head dims pruned, head count kept."""
-    model = copy.deepcopy(teacher).train()
+    model = copy.deepcopy(teacher).train().requires_grad_(True)  # the distillation teacher may be frozen
     ratio = 1 - target.hidden_size / teacher.config.hidden_size
     num_heads = {}
     for layer in model.vit.layers:
