@@ -100,7 +100,7 @@ def inspect(model: ViTForImageClassification, target: PruningTarget, probe: torc
                 diff = (reloaded(pixel_values=probe).logits - expected).abs().max().item()
             report["reload"] = "ok" if diff < 1e-5 else f"loads, but logits differ by {diff:.3g}"
         except Exception as error:  # noqa: BLE001 - the failure is the finding
-            report["reload"] = f"fails: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            report["reload"] = f"fails ({type(error).__name__}: {str(error).splitlines()[0][:60]}…)"
     report["correct_as_returned"] = (report["runs_with_heads"] == target.num_attention_heads
                                      and report["reload"] == "ok")
     return report
