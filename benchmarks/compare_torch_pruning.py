@@ -1,7 +1,7 @@
 """Torch-Pruning vs UP-ViTs on the demo's trained digits teacher, side by side in one run.
 
 Both prune the same teacher to the demo's mild target (hidden 64→48, 4 heads of 16→12 dims, FFN 128→96,
-no head merging). Torch-Pruning runs through its documented API (`tp.pruner.MetaPruner` with `num_heads`,
+no head merging). Torch-Pruning runs through its documented API (`tp.pruner.BasePruner` with `num_heads`,
 `prune_head_dims=True`, `prune_num_heads=False`, as in its Hugging Face ViT example) with its magnitude
 (L1) and group-Taylor importance (gradients of the cross-entropy on the same proxy images UP scores on).
 
@@ -53,7 +53,7 @@ def tp_prune(teacher: ViTForImageClassification, importance: str, target: Prunin
             num_heads[proj] = attention.num_attention_heads
     imp = tp.importance.GroupMagnitudeImportance(p=1) if importance == "magnitude" else tp.importance.GroupTaylorImportance()
     example = proxy[0]["pixel_values"][:1]
-    pruner = tp.pruner.MetaPruner(
+    pruner = tp.pruner.BasePruner(
         model, example, importance=imp, pruning_ratio=ratio, ignored_layers=[model.classifier],
         num_heads=num_heads, prune_head_dims=True, prune_num_heads=False,
         output_transform=lambda out: out.logits.sum(),
