@@ -132,7 +132,7 @@ def main() -> None:
     curves: dict[str, list[dict[int, float]]] = {}
     checks: dict[str, dict[str, Any]] = {}
     for seed in args.seeds:
-        proxy = image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, image_mode="L")
+        proxy = image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, num_channels=1)
         subset = splits.train.shuffle(seed=seed).select(range(recipe.proxy_size))  # the proxy's rows, same order
         labels = [torch.tensor(subset["label"][i:i + 64]) for i in range(0, recipe.proxy_size, 64)]
         pruner = UPPruner(teacher)

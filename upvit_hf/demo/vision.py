@@ -53,7 +53,7 @@ def run_vision(output_dir: Path, recipe: VisionRecipe, show_progress: bool = Tru
     result = sweep(
         lambda: ViTForImageClassification(teacher_config(recipe)),
         train_set,
-        lambda seed: image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, image_mode="L"),
+        lambda seed: image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, num_channels=1),
         lambda model: accuracy(model, splits),
         recipe, stages, variants_per_pass=32,
     )
