@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing, non-empty --output-dir (only once the new results are complete)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a pipeline check)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="vision seeds (default: 0 1 2 3 4; quick: 0 1)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="vision seeds (default: 0 1 2 3 4; quick: 0)")
     parser.add_argument("--language-seeds", type=int, nargs="+", help="language seeds (default: 0 1 2; quick: 0)")
     parser.add_argument("--threads", type=positive_int,
                         help="torch threads (default: the cores the machine's load leaves)")

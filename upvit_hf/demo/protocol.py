@@ -6,7 +6,7 @@ fine-tuning and at checkpoints of one run; train the same architecture from rand
 Seeds share the teacher: they vary what the compared methods control (proxy sample, random draw, data order,
 scratch init), not the model being pruned.
 
-`METHODS` is the list of compared methods: adding a criterion (or a recovery) is one entry there.
+The compared methods are `methods.METHODS`, chosen per half by the recipe's `methods`.
 """
 
 from __future__ import annotations
@@ -21,38 +21,10 @@ from transformers import PreTrainedModel, set_seed
 
 from .. import PruningTarget, UPPruner
 from ..record import RECORD_KEY
-from ..scores import ImportanceScores
+from .methods import REFERENCE, SCRATCH, method_labels, methods_for
 from .progress import Stages
 from .recipe import TrainRecipe
 from .training import Evaluate, train
-
-
-@dataclass(frozen=True)
-class Method:
-    """A way to get the student's starting weights: a scoring criterion of `UPPruner.score`."""
-
-    key: str
-    label: str
-    score: str  # the `UPPruner.score` method
-
-    def prune(self, pruner: UPPruner, target: PruningTarget,
-              scores: Mapping[str, ImportanceScores]) -> PreTrainedModel:
-        return pruner.prune(target, scores[self.score])
-
-
-METHODS: tuple[Method, ...] = (
-    Method("kl", "UP (exact KL)", "kl"),
-    Method("magnitude", "magnitude (L1)", "magnitude"),
-    Method("random", "random", "random"),
-)
-REFERENCE = "kl"  # the method every comparison is against
-SCRATCH = "scratch"
-SCRATCH_LABEL = "same arch. from scratch"
-
-
-def method_labels() -> dict[str, str]:
-    """Every compared row in table order: the methods, then the scratch baseline."""
-    return {**{m.key: m.label for m in METHODS}, SCRATCH: SCRATCH_LABEL}
 
 
 class SweepRecipe(Protocol):
@@ -65,6 +37,7 @@ class SweepRecipe(Protocol):
     temperature: float
     teacher_seed: int
     seeds: tuple[int, ...]
+    methods: tuple[str, ...]
 
 
 def stage_count(recipe: SweepRecipe) -> int:
@@ -110,7 +83,7 @@ def sweep(
         teacher_metric = evaluate(teacher)
     pruner = UPPruner(teacher)
     curves: dict[str, dict[str, list[dict[int, float]]]] = {
-        name: {key: [] for key in method_labels()} for name in recipe.targets
+        name: {key: [] for key in method_labels(recipe.methods)} for name in recipe.targets
     }
     students: dict[str, PreTrainedModel] = {}
 
@@ -118,18 +91,19 @@ def sweep(
         return train(student, train_set, recipe.student, seed, teacher=teacher, alpha=recipe.alpha,
                      temperature=recipe.temperature, evaluate=evaluate, eval_steps=recipe.eval_steps).curve
 
+    methods = methods_for(recipe.methods)
     for seed in recipe.seeds:
         with stages(f"seed {seed}: score channels"):
             proxy = build_proxy(seed)
             scores = {
                 criterion: pruner.score(proxy, method=criterion, seed=seed, variants_per_pass=variants_per_pass,
                                         show_progress=False)
-                for criterion in dict.fromkeys(m.score for m in METHODS)
+                for criterion in dict.fromkeys(m.score for m in methods)
             }
         for name, target in recipe.targets.items():
-            with stages(f"seed {seed}: {name} target, {len(METHODS) + 1} students"):
-                for method in METHODS:
-                    student = method.prune(pruner, target, scores)
+            with stages(f"seed {seed}: {name} target, {len(methods) + 1} students"):
+                for method in methods:
+                    student = method.prune(pruner, target, scores, proxy)
                     curves[name][method.key].append(distil(student, seed))
                     if method.key == REFERENCE:
                         students.setdefault(name, student)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path
-from .protocol import REFERENCE, SCRATCH, method_labels
+from .methods import REFERENCE, SCRATCH, method_labels
 
 COLOURS = {"kl": "#d62728", "magnitude": "#7f7f7f", "random": "#2ca02c", SCRATCH: "#1f77b4"}
 FALLBACK_COLOURS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")  # methods added later
@@ -104,7 +104,7 @@ def findings(section_name: str, section: dict[str, Any]) -> list[str]:
     targets = section["targets"]
     budgets = {"before": "before FT", "short": f"after {section['setup']['recipe']['short_steps']} steps",
                "long": f"after {section['setup']['recipe']['student']['steps']} steps"}
-    labels = method_labels()
+    labels = {key: entry["label"] for key, entry in targets[0]["methods"].items()}
     lines = []
     for key in labels:
         if key == REFERENCE:
@@ -187,7 +187,7 @@ def _throughput_panel(axis: Any, section: dict[str, Any]) -> None:
     metric, scale = section["metric"], _scale(section["metric"])
     targets, teacher = section["targets"], section["teacher"]
     x = [t["throughput"] for t in targets]
-    for key in method_labels():
+    for key in targets[0]["methods"]:
         marker, colour = _style(key)
         for budget, style, alpha in (("long", "-", 1.0), ("short", "--", 0.45)):
             summaries = [t["methods"][key][budget] for t in targets]
@@ -213,7 +213,7 @@ def _steps_panel(axis: Any, section: dict[str, Any]) -> None:
     target = next(t for t in section["targets"] if t["name"] == recipe["curve_target"])
     from matplotlib.ticker import NullLocator, ScalarFormatter
 
-    for key in method_labels():
+    for key in target["methods"]:
         marker, colour = _style(key)
         curve = target["methods"][key]["curve"]
         axis.errorbar(curve["steps"], [m * scale for m in curve["mean"]],
@@ -245,8 +245,11 @@ def write_figure(results: dict[str, Any], path: Path) -> None:
         _steps_panel(axes[1, column], results[name])
     from matplotlib.lines import Line2D
 
+    shown = list(dict.fromkeys(key for name in ("vision", "language")
+                               for key in results[name]["targets"][0]["methods"]))
+
     handles = [Line2D([], [], color=_style(key)[1], marker=_style(key)[0], label=label)
-               for key, label in method_labels().items()]
+               for key, label in method_labels(shown).items()]
     handles.append(Line2D([], [], color="black", marker="*", markersize=12, linestyle=":", label="teacher"))
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=10, frameon=False)
     seeds = {name: len(results[name]["setup"]["recipe"]["seeds"]) for name in ("vision", "language")}

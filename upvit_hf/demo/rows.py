@@ -9,7 +9,8 @@ from typing import Any
 
 from ..adapters import adapter_for
 from .measure import Cost
-from .protocol import REFERENCE, Sweep, SweepRecipe, method_labels
+from .methods import REFERENCE, method_labels
+from .protocol import Sweep, SweepRecipe
 
 BUDGETS = ("before", "short", "long")
 
@@ -32,7 +33,7 @@ def budget_steps(short_steps: int, long_steps: int) -> dict[str, int]:
 def method_entries(curves: dict[str, list[dict[int, float]]], steps: dict[str, int]) -> dict[str, dict[str, Any]]:
     """Per method: its label, each budget's summary over seeds, and the whole mean ± std curve."""
     entries = {}
-    for key, label in method_labels().items():
+    for key, label in method_labels(list(curves)).items():
         per_seed = curves[key]
         checkpoints = sorted(per_seed[0])
         entries[key] = {
