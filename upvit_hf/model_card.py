@@ -113,6 +113,8 @@ def _fmt(value: Any) -> str:
         return f"{value:,}"
     if isinstance(value, float):
         return f"{int(value):,}" if value.is_integer() and abs(value) >= 1e4 else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):  # per-stage widths of hierarchical models
+        return " / ".join(_fmt(v) for v in value)
     return str(value)
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from .adapters import Widths, adapter_for
-from .depth import remove_unit
+from .adapters import AnyWidths, adapter_for, layer_widths
+from .depth import depth_floors, least_important_unit, remove_unit
 from .record import RECORD_KEY, updated_record
 from .scores import BlockScores, ImportanceScores, model_identity
 from .scoring import (
@@ -124,7 +124,7 @@ class UPPruner:
         refined.meta.update(model=model_identity(self.model), widths=self.adapter.widths.as_dict())
         return refined
 
-    def check_target(self, target: PruningTarget) -> Widths:
+    def check_target(self, target: PruningTarget) -> AnyWidths:
         """The widths `target` gives this model; ValueError (saying what is allowed) when it cannot."""
         widths = target.resolve(self.adapter.widths)
         self.adapter.check_widths(widths)
@@ -147,13 +147,15 @@ class UPPruner:
         plan = PruningPlan.from_scores(scores, original, pruned)
 
         state: StateDict = adapter.surgery_state()
-        factor = adapter.query_scale(original.head_dim, pruned.head_dim)
         for layer in range(original.num_hidden_layers):
+            old, new = layer_widths(original, layer), layer_widths(pruned, layer)
+            factor = adapter.query_scale(old.head_dim, new.head_dim)
             if factor != 1.0:
-                scale_channels(state, adapter.query_slices(layer), original.attention_width, factor)
+                scale_channels(state, adapter.query_slices(layer), old.attention_width, factor)
             keep_channels(state, adapter.attention_slices(layer), plan.attention[layer])
             keep_channels(state, adapter.ffn_slices(layer), plan.ffn[layer])
-        keep_channels(state, adapter.residual_slices(), plan.residual)
+        for stage, kept in enumerate(plan.residual_stages):
+            keep_channels(state, adapter.residual_slices(stage), kept)
 
         config = adapter.pruned_config(pruned)
         adapter.finish_surgery(state, config)
@@ -184,7 +186,7 @@ class UPPruner:
     def prune_blocks(
         self,
         proxy: Iterable[Mapping[str, Any]],
-        num_hidden_layers: int,
+        num_hidden_layers: int | tuple[int, ...],
         between_steps: Callable[[PreTrainedModel, int], Any] | None = None,
         *,
         variants_per_pass: int = 8,
@@ -192,7 +194,8 @@ class UPPruner:
     ) -> PreTrainedModel:
         """Progressive block pruning: remove the least important unit (block or hybrid), re-score the
         reduced model, repeat until `num_hidden_layers` blocks remain. A new stock model; the original is
-        untouched.
+        untouched. For a hierarchical model units are removed within a stage, every stage keeps at least one
+        block, and `num_hidden_layers` may be a tuple with the depth of every stage (PVTv2's `depths`).
 
         `between_steps(model, step)`, if given, runs after removal number `step` (0-based) on the current
         model, e.g. a short distillation that trains it in place; the next step scores the model it leaves.
@@ -202,26 +205,22 @@ class UPPruner:
         """
         self.adapter.check_scorable()
         original = self.adapter.widths
-        if isinstance(num_hidden_layers, bool) or not isinstance(num_hidden_layers, int) \
-                or not 1 <= num_hidden_layers <= original.num_hidden_layers:
-            raise ValueError(
-                f"num_hidden_layers must be an integer from 1 to the model's {original.num_hidden_layers}, "
-                f"got {num_hidden_layers!r}"
-            )
+        floors = depth_floors(original, num_hidden_layers)
         if between_steps is not None and not callable(between_steps):
             raise ValueError(f"between_steps must be a callable (model, step), got {type(between_steps).__name__}")
         if proxy is None:
             raise ValueError("prune_blocks needs a proxy set: an iterable of dict batches of model inputs")
         if iter(proxy) is proxy:  # a generator or other one-shot iterator: every step needs the whole set
             proxy = list(proxy)
-        if num_hidden_layers == original.num_hidden_layers:
+        total = sum(floors) if isinstance(num_hidden_layers, tuple) else num_hidden_layers
+        if total == original.num_hidden_layers:
             return copy.deepcopy(self.model)
 
         removed: list[dict[str, Any]] = []
         current = self
-        for step in range(original.num_hidden_layers - num_hidden_layers):
+        for step in range(original.num_hidden_layers - total):
             scores = current.score_blocks(proxy, variants_per_pass=variants_per_pass, show_progress=show_progress)
-            unit = scores.least_important()
+            unit = least_important_unit(scores, current.adapter.widths, floors)
             removed.append({**unit.as_dict(), "score": float(scores.by_branch()[unit.first_branch])})
             config, state = remove_unit(current.adapter, unit)
             widths = current.adapter.read_widths(config)

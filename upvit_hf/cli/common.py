@@ -136,12 +136,23 @@ def build_proxy(args: argparse.Namespace, model_name: str, model: PreTrainedMode
                           batch_size=args.batch_size)
 
 
+def per_stage(text: str) -> int | tuple[int, ...]:
+    """A positive int, or comma-separated ones with one per stage of a hierarchical model (PVTv2): `32,64,160,256`."""
+    try:
+        values = tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or comma-separated positive integers "
+                                         f"(one per stage), got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("target widths (the same in every layer)")
-    group.add_argument("--hidden-size", type=positive_int, help="residual width")
-    group.add_argument("--num-heads", type=positive_int, help="attention heads (must divide the current count)")
-    group.add_argument("--intermediate-size", type=positive_int, help="FFN width")
-    group.add_argument("--head-dim", type=positive_int, help="dims per head (default hidden-size // num-heads)")
+    group = parser.add_argument_group("target widths (the same in every layer; hierarchical models (PVTv2) "
+                                      "take one comma-separated value per stage)")
+    group.add_argument("--hidden-size", type=per_stage, help="residual width")
+    group.add_argument("--num-heads", type=per_stage, help="attention heads (must divide the current count)")
+    group.add_argument("--intermediate-size", type=per_stage, help="FFN width")
+    group.add_argument("--head-dim", type=per_stage, help="dims per head (default hidden-size // num-heads)")
     group.add_argument("--ratio", type=float, help="keep this fraction of every component instead")
 
 

@@ -22,7 +22,7 @@ from .common import (
     needs_proxy,
     score_with_arguments,
     path_arg,
-    positive_int,
+    per_stage,
     target_from_arguments,
 )
 
@@ -32,6 +32,8 @@ EXAMPLE = """examples:
   upvit prune --model ./tiny-gpt2 --dataset ./ptb.txt --proxy-size 64 --seq-len 128 --ratio 0.5 --output ./half
   upvit prune --model ./tiny-vit --dataset ./digits --num-layers 3 --output ./shallow
   upvit prune --model ./tiny-vit --dataset ./digits --method fisher --refine-band 0.1 --ratio 0.5 --output ./half
+  upvit prune --model OpenGVLab/pvt_v2_b2 --dataset imagenet-1k --hidden-size 32,64,160,256 \
+      --num-heads 1,2,5,8 --intermediate-size 256,512,640,1024 --num-layers 2,2,2,2 --output ./up-pvt-v2-b0
 """
 
 
@@ -43,8 +45,9 @@ def register(subparsers) -> None:
     parser.add_argument("--scores", type=path_arg, help="scores file from `upvit score` (otherwise scored on the fly)")
     parser.add_argument("--force", action="store_true",
                         help="use --scores even though they record another model or other widths")
-    parser.add_argument("--num-layers", type=positive_int,
-                        help="also remove blocks progressively down to this depth")
+    parser.add_argument("--num-layers", type=per_stage,
+                        help="also remove blocks progressively down to this depth "
+                             "(hierarchical models: a total, or one per stage: 2,2,2,2)")
     parser.add_argument("--refine-band", type=float, metavar="F",
                         help="re-score with exact KL the channels ranked within ±F·width of each component's cut "
                              "(approximate scores from --scores or --method; needs --dataset)")
