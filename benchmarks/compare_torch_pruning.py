@@ -38,7 +38,7 @@ from upvit_hf.demo.data import TensorDictDataset, load_digit_splits
 from upvit_hf.demo.recipe import vision_recipe
 from upvit_hf.demo.training import train
 from upvit_hf.demo.vision import accuracy, teacher_config
-from upvit_hf.proxy import image_proxy
+from upvit_hf.proxy import image_proxy, sample
 
 
 def tp_prune(teacher: ViTForImageClassification, importance: str, target: PruningTarget,
@@ -133,7 +133,7 @@ def main() -> None:
     checks: dict[str, dict[str, Any]] = {}
     for seed in args.seeds:
         proxy = image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, num_channels=1)
-        subset = splits.train.shuffle(seed=seed).select(range(recipe.proxy_size))  # the proxy's rows, same order
+        subset = sample(splits.train, recipe.proxy_size, seed)  # the proxy's rows, in the proxy's order
         labels = [torch.tensor(subset["label"][i:i + 64]) for i in range(0, recipe.proxy_size, 64)]
         pruner = UPPruner(teacher)
         candidates = {"UP (exact KL)": pruner.prune(target, pruner.score(proxy, method="kl", show_progress=False,
