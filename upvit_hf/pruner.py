@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -46,11 +47,12 @@ class UPPruner:
         proxy: Iterable[Mapping[str, Any]] | None = None,
         *,
         method: str = "kl",
-        variants_per_pass: int = 16,
+        variants_per_pass: int | str = 16,
         seed: int = 0,
         show_progress: bool = True,
         labels_per_input: int = DEFAULT_LABELS_PER_INPUT,
         exact_components: Iterable[str] = ("residual", "attention"),
+        **scale: Any,
     ) -> ImportanceScores:
         """Channel importance of all three components.
 
@@ -60,14 +62,22 @@ class UPPruner:
         token for language models; exact once it covers every class; see `scoring.fisher`); `"hybrid"` exact
         KL for `exact_components` and Fisher for the others; `"magnitude"` (L1 norm of the weights a channel
         touches) and `"random"` (seeded) are baselines that need no data.
+
+        Scale options of the exact KL proxy pass (`scoring/proxy_pass.py`, method="kl"): under
+        torch.distributed every process scores its shard of the proxy batches and all get the all-reduced
+        scores; `checkpoint=PATH`, `checkpoint_every=K` make the run resumable; `dtype=` opts out of running
+        the network in float32 (float64 for a float64 model) whatever its dtype; `allow_tf32=True` allows
+        TF32 on CUDA; `variants_per_pass="auto"` sizes the stack from free device memory.
         """
+        if scale and method in METHODS and method != "kl":
+            raise ValueError(f"{', '.join(sorted(scale))} only apply to method='kl' (the exact proxy pass)")
         if method in ("kl", "fisher", "hybrid"):
             if proxy is None:
                 raise ValueError(f"method={method!r} needs a proxy set: an iterable of dict batches of model inputs")
             if method == "hybrid" and iter(proxy) is proxy:  # two passes: a one-shot iterator is kept
                 proxy = list(proxy)
         if method == "kl":
-            scores = ExactKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy)
+            scores = ExactKLScorer(self.adapter, variants_per_pass, show_progress, **scale).score(proxy)
         elif method == "fisher":
             scores = FisherScorer(self.adapter, labels_per_input, seed, show_progress).score(proxy)
         elif method == "hybrid":
@@ -168,17 +178,19 @@ class UPPruner:
         self,
         proxy: Iterable[Mapping[str, Any]],
         *,
-        variants_per_pass: int = 8,
+        variants_per_pass: int | str = 8,
         show_progress: bool = True,
+        **scale: Any,
     ) -> BlockScores:
         """Importance of every whole block and every hybrid unit (FFN of block i + attention of block i+1).
 
         `block[i]` / `hybrid[i]` = Σ KL(q ‖ p) over the proxy set with that unit's two residual branches
-        skipped, exactly what the model computes once `prune_blocks` removes it.
+        skipped, exactly what the model computes once `prune_blocks` removes it. `scale` options as in
+        `score` (data parallelism, checkpoint, dtype, allow_tf32).
         """
         if proxy is None:
             raise ValueError("block scores need a proxy set: an iterable of dict batches of model inputs")
-        scores = BlockKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy)
+        scores = BlockKLScorer(self.adapter, variants_per_pass, show_progress, **scale).score(proxy)
         scores.meta.update(model=model_identity(self.model),
                            widths=self.adapter.widths.as_dict())
         return scores
@@ -189,8 +201,10 @@ class UPPruner:
         num_hidden_layers: int | tuple[int, ...],
         between_steps: Callable[[PreTrainedModel, int], Any] | None = None,
         *,
-        variants_per_pass: int = 8,
+        variants_per_pass: int | str = 8,
         show_progress: bool = True,
+        checkpoint: str | os.PathLike | None = None,
+        **scale: Any,
     ) -> PreTrainedModel:
         """Progressive block pruning: remove the least important unit (block or hybrid), re-score the
         reduced model, repeat until `num_hidden_layers` blocks remain. A new stock model; the original is
@@ -202,6 +216,9 @@ class UPPruner:
         The proxy set is iterated once per step: a one-shot iterator is materialized to a list first.
         The pruning record gets one "depth" step listing the removed units in order, each with the block
         indices it had in the model it was removed from, and its score.
+        `scale` options as in `score`; with `checkpoint=PATH` step k keeps its checkpoint at `PATH.stepK`, so
+        a rerun recomputes finished steps from their checkpoints and resumes the interrupted one (a
+        `between_steps` that changes the model makes the next steps' checkpoints refuse to resume).
         """
         self.adapter.check_scorable()
         original = self.adapter.widths
@@ -219,7 +236,10 @@ class UPPruner:
         removed: list[dict[str, Any]] = []
         current = self
         for step in range(original.num_hidden_layers - total):
-            scores = current.score_blocks(proxy, variants_per_pass=variants_per_pass, show_progress=show_progress)
+            if checkpoint is not None:
+                scale["checkpoint"] = f"{os.fspath(checkpoint)}.step{step}"
+            scores = current.score_blocks(proxy, variants_per_pass=variants_per_pass, show_progress=show_progress,
+                                          **scale)
             unit = least_important_unit(scores, current.adapter.widths, floors)
             removed.append({**unit.as_dict(), "score": float(scores.by_branch()[unit.first_branch])})
             config, state = remove_unit(current.adapter, unit)

@@ -20,7 +20,8 @@ import torch
 
 from ..adapters import ModelAdapter, layer_stages
 from ..scores import BlockScores
-from .exact import ProxyPass, log_probs, stacked_kl
+from .exact import log_probs, stacked_kl
+from .proxy_pass import ProxyPass
 
 
 def branch_evaluations(num_layers: int) -> tuple[int, int]:
@@ -38,16 +39,22 @@ class BlockKLScorer:
     At most `variants_per_pass` units are stacked along the batch at once; memory grows linearly with it.
     """
 
-    def __init__(self, adapter: ModelAdapter, variants_per_pass: int = 8, show_progress: bool = True):
-        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress)
-        self.adapter, self.variants_per_pass = adapter, variants_per_pass
+    def __init__(self, adapter: ModelAdapter, variants_per_pass: int | str = 8, show_progress: bool = True,
+                 **scale: Any):
+        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress, **scale)
+        self.adapter = adapter
+
+    @property
+    def variants_per_pass(self) -> int:
+        return self.proxy_pass.variants_per_pass
 
     def score(self, proxy: Iterable[Mapping[str, Any]]) -> BlockScores:
-        widths = self.adapter.widths
-        num_layers = widths.num_hidden_layers
-        units = torch.zeros(2 * num_layers - 1, dtype=torch.float64)
+        num_layers = self.adapter.widths.num_hidden_layers
+        units = torch.zeros(2 * num_layers - 1, dtype=torch.float64, device=self.proxy_pass.device)
         samples = self.proxy_pass.run(proxy, units.numel(), "unit", f"UP-ViTs block scores ({num_layers} blocks)",
-                                 lambda inputs, bar: self._score_batch(inputs, units, bar))
+                                      lambda inputs, bar: self._score_batch(inputs, units, bar),
+                                      sums={"units": units}, method="blocks")
+        units = units.cpu()
         return BlockScores(units[0::2].clone(), units[1::2].clone(), meta={"method": "kl", "proxy_size": samples})
 
     def _score_batch(self, inputs, units: torch.Tensor, bar) -> int:
@@ -71,7 +78,7 @@ class BlockKLScorer:
             for j in range(at[k] + 1, len(steps)):
                 if j != at[k + 1]:
                     hidden = steps[j](hidden, context)
-            units[k] += stacked_kl(adapter, hidden, context, reference, weights, 1).cpu()[0]
+            units[k] += stacked_kl(adapter, hidden, context, reference, weights, 1)[0]
             bar.update(1)
         adjacent = [k for k in range(units.numel()) if k not in crossing]
         for group in torch.tensor(adjacent, dtype=torch.long).split(self.variants_per_pass):
@@ -87,6 +94,6 @@ class BlockKLScorer:
                     stacked = adapter.repeat_context(context, stacked_units)
                 if j < len(steps):
                     hidden = steps[j](hidden, stacked)
-            units[group] += stacked_kl(adapter, hidden, context, reference, weights, len(group)).cpu()
+            units[group] += stacked_kl(adapter, hidden, context, reference, weights, len(group))
             bar.update(len(group))
         return embedded.shape[0]

@@ -10,8 +10,10 @@ channels of stage s run from the cached input of that stage's transition (its pa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from ..adapters import AnyWidths, ModelAdapter, layer_widths
 from ..scores import ImportanceScores, pack_residual
 from .masks import attention_masked, broadcast, ffn_masked, residual_masked
+from .proxy_pass import ProxyPass
 
 LOGITS_BUDGET = 2**20
 """Logit elements read out and compared at once (float64): bounds memory for large vocabularies, and at
@@ -29,63 +32,6 @@ LOGITS_BUDGET = 2**20
 COMPONENTS = ("residual", "attention", "ffn")
 
 Masking = Callable[[torch.Tensor], AbstractContextManager]
-
-
-def prepare_inputs(batch: Any, adapter: ModelAdapter) -> dict[str, torch.Tensor]:
-    """The model inputs of a proxy batch (labels and other keys ignored), on the model's device."""
-    if not isinstance(batch, Mapping):
-        raise ValueError(f"proxy batches must be dicts of model inputs, got {type(batch).__name__}")
-    missing = [name for name in adapter.required_inputs if name not in batch]
-    if missing:
-        raise ValueError(
-            f"a proxy batch is missing {', '.join(missing)}; {type(adapter.model).__name__} needs "
-            f"{', '.join(adapter.required_inputs)}, the batch has {', '.join(map(str, batch)) or 'no keys'}"
-        )
-    names = (*adapter.required_inputs, *adapter.optional_inputs)
-    device = adapter.model.device
-    return {name: torch.as_tensor(batch[name]).to(device) for name in names if batch.get(name) is not None}
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Score in eval mode (no dropout) whatever mode the model came in, and give it back as it was."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-class ProxyPass:
-    """One pass over a proxy set as every scorer makes it: inference mode (autograd on for scorers that
-    differentiate), the model in eval mode (and given back as it came), inputs checked, a progress bar
-    counting scored units, the samples counted."""
-
-    def __init__(self, adapter: ModelAdapter, variants_per_pass: int, show_progress: bool):
-        if variants_per_pass < 1:
-            raise ValueError(f"variants_per_pass must be >= 1, got {variants_per_pass}")
-        adapter.check_scorable()
-        self.adapter, self.show_progress = adapter, show_progress
-
-    def run(self, proxy: Iterable[Mapping[str, Any]], per_batch: int, unit: str, desc: str,
-            score_batch: Callable[[dict[str, torch.Tensor], Any], int], grad: bool = False) -> int:
-        """Call `score_batch(inputs, bar)` on every batch; returns the number of samples scored.
-
-        `grad=True` runs it with autograd enabled (gradient-based scorers) instead of in inference mode.
-        """
-        from transformers.utils.logging import tqdm
-
-        total = per_batch * len(proxy) if hasattr(proxy, "__len__") else None
-        samples = 0
-        with torch.enable_grad() if grad else torch.inference_mode(), eval_mode(self.adapter.model), tqdm(
-            total=total, unit=unit, desc=desc, disable=not self.show_progress
-        ) as bar:
-            for batch in proxy:
-                samples += score_batch(prepare_inputs(batch, self.adapter), bar)
-        if samples == 0:
-            raise ValueError("the proxy set is empty: pass at least one batch of model inputs")
-        return samples
 
 
 @dataclass
@@ -134,31 +80,47 @@ class ChannelSubset:
         return {"residual": residual[0] if len(residual) == 1 else residual, "attention": [indices(m) for m in self.attention],
                 "ffn": [indices(m) for m in self.ffn]}
 
+    def digest(self) -> str:
+        """A short identity of the subset (names it in a checkpoint's key)."""
+        return hashlib.blake2b(json.dumps(self.as_dict()).encode(), digest_size=8).hexdigest()
+
 
 class ExactKLScorer:
     """Scores all channels of all components in one pass over the proxy set.
 
-    `variants_per_pass` channel removals are evaluated per forward pass; memory grows linearly with it.
+    `variants_per_pass` channel removals (or "auto": from free device memory) are evaluated per forward
+    pass; memory grows linearly with it. `scale` options (dtype, checkpoint, checkpoint_every, allow_tf32)
+    go to the `ProxyPass`.
     """
 
-    def __init__(self, adapter: ModelAdapter, variants_per_pass: int = 16, show_progress: bool = True):
-        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress)
-        self.adapter, self.variants_per_pass = adapter, variants_per_pass
+    def __init__(self, adapter: ModelAdapter, variants_per_pass: int | str = 16, show_progress: bool = True,
+                 **scale: Any):
+        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress, **scale)
+        self.adapter = adapter
+
+    @property
+    def variants_per_pass(self) -> int:
+        return self.proxy_pass.variants_per_pass
 
     def score(self, proxy: Iterable[Mapping[str, Any]], channels: ChannelSubset | None = None) -> ImportanceScores:
         """Scores of every channel, or only of `channels` (only their removals are run; the others are NaN)."""
         widths = self.adapter.widths
         layers = [layer_widths(widths, layer) for layer in range(widths.num_hidden_layers)]
         subset = channels if channels is not None else ChannelSubset.full(widths)
-        residual = [torch.zeros(stage.hidden_size, dtype=torch.float64) for stage in widths.stages]
-        attention = [torch.zeros(w.attention_width, dtype=torch.float64) for w in layers]
-        ffn = [torch.zeros(w.intermediate_size, dtype=torch.float64) for w in layers]
-        scores = ImportanceScores(pack_residual(residual), attention, ffn, meta={"method": "kl"})
         chosen = ImportanceScores(subset.residual, subset.attention, subset.ffn)
         chosen.check_matches(widths)
+        zeros = lambda width: torch.zeros(width, dtype=torch.float64, device=self.proxy_pass.device)  # noqa: E731
+        residual = [zeros(stage.hidden_size) for stage in widths.stages]
+        attention = [zeros(w.attention_width) for w in layers]
+        ffn = [zeros(w.intermediate_size) for w in layers]
+        sums = {**{f"residual.{s}": r for s, r in enumerate(residual)},
+                **{f"attention.{l}": a for l, a in enumerate(attention)}, **{f"ffn.{l}": f for l, f in enumerate(ffn)}}
         samples = self.proxy_pass.run(proxy, subset.count(), "channel", "UP-ViTs KL scores",
                                       lambda inputs, bar: self._score_batch(inputs, residual, attention, ffn, bar,
-                                                                            subset))
+                                                                            subset),
+                                      sums=sums, method="kl" if channels is None else f"kl subset {subset.digest()}")
+        residual, attention, ffn = [r.cpu() for r in residual], [a.cpu() for a in attention], [f.cpu() for f in ffn]
+        scores = ImportanceScores(pack_residual(residual), attention, ffn, meta={"method": "kl"})
         if channels is not None:
             for values, mask in zip((*residual, *attention, *ffn),
                                     (*subset.residual_stages, *subset.attention, *subset.ffn)):
@@ -202,7 +164,7 @@ class ExactKLScorer:
                     hidden = run(hidden, start, stacked, masks, zero_at)
                 # the readout (masked final norm for residual variants) re-enters the masks of its rows
                 kl = self._kl(hidden, context, reference, weights, variants, lambda r: masking(masks[r]))
-                scores[chunk] += kl.cpu()
+                scores[chunk] += kl
                 bar.update(variants)
 
         for stage, stage_scores in enumerate(residual):
