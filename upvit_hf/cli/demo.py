@@ -8,7 +8,7 @@ from ..atomic import atomic_path
 from .common import check_output_argument, path_arg, positive_int
 
 EXAMPLE = """examples:
-  upvit demo                        # about 8 minutes on 2 CPU cores; what `make demo` runs
+  upvit demo                        # ~13 CPU-minutes (1 thread); what `make demo` runs
   upvit demo --quick --output-dir /tmp/demo   # under a minute: checks the pipeline, numbers mean little
 """
 
@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing, non-empty --output-dir (only once the new results are complete)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (a pipeline check)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="vision seeds (default: 0 1 2; quick: 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="vision seeds (default: 0 1 2 3 4; quick: 0)")
+    parser.add_argument("--language-seeds", type=int, nargs="+", help="language seeds (default: 0 1 2; quick: 0)")
     parser.add_argument("--threads", type=positive_int,
                         help="torch threads (default: the cores the machine's load leaves)")
     parser.set_defaults(run=run)
@@ -32,4 +33,5 @@ def run(args: argparse.Namespace) -> None:
 
     check_output_argument(args.output_dir, args.overwrite)
     with atomic_path(args.output_dir, directory=True, overwrite=args.overwrite) as tmp:
-        run_demo(tmp, quick=args.quick, seeds=args.seeds, num_threads=args.threads)
+        run_demo(tmp, quick=args.quick, seeds=args.seeds, language_seeds=args.language_seeds,
+                 num_threads=args.threads)

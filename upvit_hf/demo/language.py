@@ -1,9 +1,8 @@
-"""Language half of the demo: a small GPT-2 on word-level Penn Treebank, UP-pruned to half its width.
+"""Language half of the demo: a small GPT-2 on word-level Penn Treebank, UP-pruned to two widths.
 
-Same protocol as the vision half on one seed (a language run costs several vision seeds): train the teacher,
-score (KL summed over every token of a proxy set of training windows, magnitude, random), cut to the same
-widths, distil each for the same steps, and train the same architecture from random init with the same recipe.
-Perplexity is on the whole Penn Treebank test split, in windows of `block_size` tokens (`eval_stride` apart).
+Same protocol as the vision half (see `protocol`), with fewer seeds (a language run costs several vision
+runs). KL scores are summed over every token of a proxy set of training windows. Perplexity is on a fixed
+prefix of the Penn Treebank test split, in windows of `block_size` tokens (`eval_stride` apart).
 """
 
 from __future__ import annotations
@@ -21,12 +20,9 @@ from .data import TreebankSplits, lm_blocks, load_treebank
 from .export import save_and_reload
 from .measure import measure_cost
 from .progress import Stages
-from .protocol import STAGES as COMPARISON_STAGES
-from .protocol import compare
-from .recipe import LanguageRecipe, as_dict
-from .rows import ROW_LABELS, make_row
-
-STAGES = COMPARISON_STAGES + 2  # the comparison, costs, save
+from .protocol import stage_count, sweep
+from .recipe import LanguageRecipe, as_dict, check_recipe
+from .rows import summarize, target_entries
 
 
 def teacher_config(recipe: LanguageRecipe, data: TreebankSplits) -> GPT2Config:
@@ -39,30 +35,29 @@ def teacher_config(recipe: LanguageRecipe, data: TreebankSplits) -> GPT2Config:
     )
 
 
-
 def perplexity(model: GPT2LMHeadModel, test: torch.Tensor, recipe: LanguageRecipe) -> float:
     return sliding_window_perplexity(model, test, max_length=recipe.block_size, stride=recipe.eval_stride,
                                      batch_size=32, progress=False).perplexity
 
 
 def run_language(output_dir: Path, recipe: LanguageRecipe, show_progress: bool = True) -> dict[str, Any]:
-    """Teacher, pruned students and scratch baseline on one seed; costs, save and reload."""
-    stages = Stages("language (GPT-2 on Penn Treebank)", STAGES, show_progress)
+    """Run the sweep, measure every architecture, save and reload the teacher and the UP students."""
+    check_recipe(recipe)
+    stages = Stages("language (GPT-2 on Penn Treebank)", stage_count(recipe) + 2, show_progress)
     data = load_treebank()
     test = data.test if recipe.max_test_tokens is None else data.test[: recipe.max_test_tokens]
-    train_set = lm_blocks(data.train, recipe.block_size)
-    seed = recipe.seed
-    ppl, notes, teacher, student = compare(
+    result = sweep(
         lambda: GPT2LMHeadModel(teacher_config(recipe, data)),
-        train_set,
-        lambda: text_proxy(data.train, size=recipe.proxy_sequences, seq_len=recipe.proxy_length, seed=seed,
-                           batch_size=recipe.proxy_sequences),
+        lm_blocks(data.train, recipe.block_size),
+        lambda seed: text_proxy(data.train, size=recipe.proxy_sequences, seq_len=recipe.proxy_length, seed=seed,
+                                batch_size=recipe.proxy_sequences),
         lambda model: perplexity(model, test, recipe),
-        recipe, seed, stages, variants_per_pass=16,
+        recipe, stages, variants_per_pass=16,
     )
+    models = {"teacher": result.teacher, **result.students}
     with stages("measure params / FLOPs / throughput"):
-        costs = {arch: measure_cost(model, batch_size=recipe.throughput_batch, seq_len=recipe.block_size)
-                 for arch, model in (("teacher", teacher), ("pruned", student))}
+        costs = {name: measure_cost(model, batch_size=recipe.throughput_batch, seq_len=recipe.block_size)
+                 for name, model in models.items()}
     with stages("save + reload"):
         root = Path(output_dir)
         sample = data.tokenizer.decode(data.test[: recipe.block_size])
@@ -71,15 +66,11 @@ def run_language(output_dir: Path, recipe: LanguageRecipe, show_progress: bool =
             return {"input_ids": tokenizer(sample, return_tensors="pt", add_special_tokens=False)["input_ids"]}
 
         saved = {
-            name: save_and_reload(model, data.tokenizer, root / "language" / folder,
+            name: save_and_reload(model, data.tokenizer, root / "language" / f"{name}-gpt2-ptb",
                                   AutoModelForCausalLM.from_pretrained, AutoTokenizer.from_pretrained, tokens, root)
-            for name, model, folder in (("teacher", teacher, "teacher-gpt2-ptb"),
-                                        ("up_distilled", student, "up-gpt2-ptb"))
+            for name, model in models.items()
         }
     stages.close()
-
-    rows = [make_row(key, costs["teacher" if key == "teacher" else "pruned"], "perplexity", [ppl[key]])
-            for key in ROW_LABELS]
     return {
         "task": "Penn Treebank word-level language modelling (treebank package, 10k-word vocabulary)",
         "metric": "perplexity",
@@ -90,16 +81,14 @@ def run_language(output_dir: Path, recipe: LanguageRecipe, show_progress: bool =
             "test_tokens_scored": len(test) - 1,
             "test_tokens_total": len(data.test),
             "vocab_size": len(data.tokenizer),
-            "teacher_widths": adapter_for(teacher).widths.as_dict(),
-            "pruned_widths": adapter_for(student).widths.as_dict(),
-            "flops_ratio": costs["pruned"].flops / costs["teacher"].flops,
+            "teacher_widths": adapter_for(result.teacher).widths.as_dict(),
             "flops_per": f"sequence of {recipe.block_size} tokens",
             "scratch_recipe": "same architecture, random init, same steps and CE + alpha*T^2*KL loss as the "
                               "pruned students",
         },
-        "rows": rows,
-        "training": notes,
+        "teacher": {**costs["teacher"].to_dict(), "perplexity": summarize([result.teacher_metric]),
+                    "training": result.teacher_run},
+        "targets": target_entries(result, recipe, costs, higher_is_better=False),
         "saved_models": saved,
         "stage_seconds": stages.seconds,
     }
-

@@ -1,4 +1,4 @@
-"""The rows every results table has, and how per-seed values become one row (mean ± sample std)."""
+"""How per-seed curves become table entries: mean ± sample std per budget, and seeds won against UP (KL)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,12 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from ..adapters import adapter_for
 from .measure import Cost
+from .methods import REFERENCE, method_labels
+from .protocol import Sweep, SweepRecipe
 
-ROW_LABELS: dict[str, str] = {
-    "teacher": "teacher (unpruned)",
-    "up_pruned": "UP-pruned (KL), before fine-tuning",
-    "up_distilled": "UP-pruned (KL) + distilled",
-    "scratch": "same arch from scratch + same distillation",
-    "magnitude_pruned": "magnitude-pruned, before fine-tuning",
-    "magnitude_distilled": "magnitude-pruned + distilled",
-    "random_pruned": "random-pruned, before fine-tuning",
-    "random_distilled": "random-pruned + distilled",
-}
-"""Row keys in table order. "Scratch" is the fair baseline: the pruned architecture from random init,
-trained with exactly the students' recipe (same steps, same CE + α·T²·KL loss from the same teacher)."""
-
-PRUNING_METHODS = {"up": "kl", "magnitude": "magnitude", "random": "random"}
-"""Row prefix → `UPPruner.score` method."""
-
-METHOD_NAMES = {"up": "UP (KL)", "magnitude": "magnitude", "random": "random"}
+BUDGETS = ("before", "short", "long")
 
 
 def summarize(values: Sequence[float]) -> dict[str, Any]:
@@ -39,30 +26,61 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def make_row(key: str, cost: Cost, metric: str, values: Sequence[float], **extra: Any) -> dict[str, Any]:
-    """One table row: its label, the architecture's cost and the metric over seeds."""
-    return {"key": key, "label": ROW_LABELS[key], **cost.to_dict(), metric: summarize(values), **extra}
+def budget_steps(short_steps: int, long_steps: int) -> dict[str, int]:
+    return {"before": 0, "short": short_steps, "long": long_steps}
 
 
-def comparisons(section: dict[str, Any], against: str = "up_distilled") -> list[dict[str, Any]]:
-    """How `against` fares against every other fine-tuned row: mean difference and seeds won.
+def method_entries(curves: dict[str, list[dict[int, float]]], steps: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Per method: its label, each budget's summary over seeds, and the whole mean ± std curve."""
+    entries = {}
+    for key, label in method_labels(list(curves)).items():
+        per_seed = curves[key]
+        checkpoints = sorted(per_seed[0])
+        entries[key] = {
+            "label": label,
+            **{budget: summarize([curve[step] for curve in per_seed]) for budget, step in steps.items()},
+            "curve": {"steps": checkpoints,
+                      **{field: [summarize([c[s] for c in per_seed])[field] for s in checkpoints]
+                         for field in ("mean", "std")}},
+        }
+    return entries
 
-    Positive `advantage` always means `against` is better (higher accuracy or lower perplexity).
+
+def comparisons(methods: dict[str, dict[str, Any]], higher_is_better: bool) -> list[dict[str, Any]]:
+    """UP (KL) against every other method at every budget: mean advantage and seeds won (paired by seed).
+
+    Positive `advantage` always means UP (KL) is better (higher accuracy or lower perplexity).
     """
-    metric = section["metric"]
-    sign = 1.0 if section["higher_is_better"] else -1.0
-    rows = {row["key"]: row for row in section["rows"]}
-    ours = rows[against][metric]["values"]
+    sign = 1.0 if higher_is_better else -1.0
     result = []
-    for key in ("scratch", "magnitude_distilled", "random_distilled"):
-        if key not in rows:
+    for key in methods:
+        if key == REFERENCE:
             continue
-        theirs = rows[key][metric]["values"]
-        wins = sum(sign * (a - b) > 0 for a, b in zip(ours, theirs))
-        result.append({
-            "baseline": key,
-            "advantage": sign * (statistics.fmean(ours) - statistics.fmean(theirs)),
-            "seeds_won": wins,
-            "seeds": len(ours),
-        })
+        for budget in BUDGETS:
+            ours, theirs = methods[REFERENCE][budget]["values"], methods[key][budget]["values"]
+            result.append({
+                "baseline": key,
+                "budget": budget,
+                "advantage": sign * (statistics.fmean(ours) - statistics.fmean(theirs)),
+                "seeds_won": sum(sign * (a - b) > 0 for a, b in zip(ours, theirs)),
+                "seeds": len(ours),
+            })
     return result
+
+
+def target_entries(sweep: Sweep, recipe: SweepRecipe, costs: dict[str, Cost],
+                   higher_is_better: bool) -> list[dict[str, Any]]:
+    """One entry per target width: its widths, cost, every method's budgets and curves, and comparisons."""
+    steps = budget_steps(recipe.short_steps, recipe.student.steps)
+    entries = []
+    for name in recipe.targets:
+        methods = method_entries(sweep.curves[name], steps)
+        entries.append({
+            "name": name,
+            "pruned_widths": adapter_for(sweep.students[name]).widths.as_dict(),
+            "flops_ratio": costs[name].flops / costs["teacher"].flops,
+            **costs[name].to_dict(),
+            "methods": methods,
+            "comparisons": comparisons(methods, higher_is_better),
+        })
+    return entries

@@ -1,8 +1,7 @@
-"""Vision half of the demo: a small ViT on 8×8 digits, UP-pruned to about a quarter of its FLOPs.
+"""Vision half of the demo: a small ViT on 8×8 digits, UP-pruned to three widths.
 
-Per seed: train the teacher, score its channels (KL on a proxy subset of the training split, magnitude,
-random), cut each to the same widths and distil each for the same steps; also train the same architecture
-from random init with the same recipe. Accuracy is on the fixed held-out test split.
+One teacher; per seed, every criterion at every width, distilled with checkpoints, next to the same
+architectures trained from random init (see `protocol`). Accuracy is on the fixed held-out test split.
 """
 
 from __future__ import annotations
@@ -25,11 +24,9 @@ from .data import DigitsSplits, TensorDictDataset, load_digit_splits
 from .export import save_and_reload
 from .measure import measure_cost
 from .progress import Stages
-from .protocol import STAGES as COMPARISON_STAGES
-from .protocol import compare
-from .recipe import VisionRecipe, as_dict
-from .rows import ROW_LABELS, make_row
-
+from .protocol import stage_count, sweep
+from .recipe import VisionRecipe, as_dict, check_recipe
+from .rows import summarize, target_entries
 
 
 def teacher_config(recipe: VisionRecipe) -> ViTConfig:
@@ -41,37 +38,28 @@ def teacher_config(recipe: VisionRecipe) -> ViTConfig:
     )
 
 
-
 def accuracy(model: ViTForImageClassification, splits: DigitsSplits) -> float:
     return evaluate_accuracy(model, splits.test, splits.processor, top_k=(1,), batch_size=512, progress=False)["top1"]
 
 
 def run_vision(output_dir: Path, recipe: VisionRecipe, show_progress: bool = True) -> dict[str, Any]:
-    """Run every seed, measure both architectures, save and reload the first seed's models."""
-    stages = Stages("vision (ViT on digits)", COMPARISON_STAGES * len(recipe.seeds) + 2, show_progress)
+    """Run the sweep, measure every architecture, save and reload the teacher and the UP students."""
+    check_recipe(recipe)
+    stages = Stages("vision (ViT on digits)", stage_count(recipe) + 2, show_progress)
     splits = load_digit_splits()
     train_set = TensorDictDataset(
         pixel_values=splits.pixel_values(splits.train), labels=torch.tensor(splits.train["label"])
     )
-    per_seed: list[dict[str, float]] = []
-    notes: list[dict[str, Any]] = []
-    first: tuple[ViTForImageClassification, ViTForImageClassification] | None = None
-    for seed in recipe.seeds:
-        acc, seed_notes, teacher, student = compare(
-            lambda: ViTForImageClassification(teacher_config(recipe)),
-            train_set,
-            lambda: image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, num_channels=1),
-            lambda model: accuracy(model, splits),
-            recipe, seed, stages, variants_per_pass=32, stage_prefix=f"seed {seed}: ",
-        )
-        per_seed.append(acc)
-        notes.append({"seed": seed, **seed_notes})
-        first = first or (teacher, student)
-    teacher, student = first
-
+    result = sweep(
+        lambda: ViTForImageClassification(teacher_config(recipe)),
+        train_set,
+        lambda seed: image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, num_channels=1),
+        lambda model: accuracy(model, splits),
+        recipe, stages, variants_per_pass=32,
+    )
+    models = {"teacher": result.teacher, **result.students}
     with stages("measure params / FLOPs / throughput"):
-        costs = {arch: measure_cost(model, batch_size=recipe.throughput_batch)
-                 for arch, model in (("teacher", teacher), ("pruned", student))}
+        costs = {name: measure_cost(model, batch_size=recipe.throughput_batch) for name, model in models.items()}
     with stages("save + reload"):
         root = Path(output_dir)
         test_images = list(splits.test["image"])[:64]
@@ -80,18 +68,12 @@ def run_vision(output_dir: Path, recipe: VisionRecipe, show_progress: bool = Tru
             return {"pixel_values": processor(images=test_images, return_tensors="pt")["pixel_values"]}
 
         saved = {
-            name: save_and_reload(model, splits.processor, root / "vision" / folder,
+            name: save_and_reload(model, splits.processor, root / "vision" / f"{name}-vit-digits",
                                   AutoModelForImageClassification.from_pretrained,
                                   AutoImageProcessor.from_pretrained, pixels, root)
-            for name, model, folder in (("teacher", teacher, "teacher-vit-digits"),
-                                        ("up_distilled", student, "up-vit-digits"))
+            for name, model in models.items()
         }
     stages.close()
-
-    rows = [
-        make_row(key, costs["teacher" if key == "teacher" else "pruned"], "accuracy", [acc[key] for acc in per_seed])
-        for key in ROW_LABELS
-    ]
     return {
         "task": "digits (scikit-learn load_digits, 8×8 greyscale, 10 classes)",
         "metric": "accuracy",
@@ -100,15 +82,13 @@ def run_vision(output_dir: Path, recipe: VisionRecipe, show_progress: bool = Tru
             "recipe": as_dict(recipe),
             "train_images": len(splits.train),
             "test_images": len(splits.test),
-            "teacher_widths": adapter_for(teacher).widths.as_dict(),
-            "pruned_widths": adapter_for(student).widths.as_dict(),
-            "flops_ratio": costs["pruned"].flops / costs["teacher"].flops,
+            "teacher_widths": adapter_for(result.teacher).widths.as_dict(),
             "scratch_recipe": "same architecture, random init, same steps and CE + alpha*T^2*KL loss as the "
                               "pruned students",
         },
-        "rows": rows,
-        "training": notes,
+        "teacher": {**costs["teacher"].to_dict(), "accuracy": summarize([result.teacher_metric]),
+                    "training": result.teacher_run},
+        "targets": target_entries(result, recipe, costs, higher_is_better=True),
         "saved_models": saved,
         "stage_seconds": stages.seconds,
     }
-
