@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from .adapters import Widths, adapter_for
 from .depth import remove_unit
+from .reconstruct import reconstruct as reconstruct_maps
 from .record import RECORD_KEY, updated_record
 from .scores import BlockScores, ImportanceScores
 from .scoring import METHODS, ExactKLScorer, magnitude_scores, random_scores
@@ -66,12 +67,23 @@ class UPPruner:
         self.adapter.check_widths(widths)
         return widths
 
-    def prune(self, target: PruningTarget, scores: ImportanceScores) -> PreTrainedModel:
+    def prune(
+        self,
+        target: PruningTarget,
+        scores: ImportanceScores,
+        *,
+        reconstruct: Iterable[Mapping[str, Any]] | None = None,
+        show_progress: bool = True,
+    ) -> PreTrainedModel:
         """A new model of the same class with the target widths; the original is untouched.
 
         Keeps the top-scored residual and FFN channels, merges groups of heads and keeps the top
         `head_dim` dims of each group, folds the changed attention scale into the query rows, and
         rewrites the config (with the pruning record under `config.upvit_pruning`).
+
+        `reconstruct`, a proxy set (iterable of dict batches of model inputs), also refits the output maps of
+        every branch that lost channels by ridge least squares so that the pruned model reproduces the
+        original's branch outputs on it (`upvit_hf.reconstruct`); the record notes it and the proxy size.
         """
         adapter = self.adapter
         original = adapter.widths
@@ -91,7 +103,17 @@ class UPPruner:
         adapter.finish_surgery(state, config)
         step = {"operation": "width", "method": scores.meta.get("method"), "proxy_size": scores.meta.get("proxy_size")}
         setattr(config, RECORD_KEY, updated_record(self.model, original, pruned, step))
-        return self._build(config, state)
+        model = self._build(config, state)
+        if reconstruct is not None:
+            residual_cut = pruned.hidden_size < original.hidden_size
+            attention_cut = (pruned.num_attention_heads, pruned.head_dim) != (original.num_attention_heads,
+                                                                             original.head_dim)
+            ffn_cut = pruned.intermediate_size < original.intermediate_size
+            refit = [residual_cut or attention_cut, residual_cut or ffn_cut] * pruned.num_hidden_layers
+            report = reconstruct_maps(adapter, adapter_for(model), reconstruct, plan.residual, refit,
+                                      show_progress=show_progress)
+            getattr(model.config, RECORD_KEY)["steps"][-1]["reconstruction"] = report.record()
+        return model
 
     # ------------------------------------------------------------------ depth
     def score_blocks(

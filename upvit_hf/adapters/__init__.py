@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .base import ModelAdapter, ParamSlice, Widths
+from .base import ModelAdapter, ParamSlice, RefitMap, Widths
 from .gpt2 import GPT2Adapter
 from .transfo_xl import TransfoXLAdapter
 from .vit import ViTAdapter
@@ -33,4 +33,4 @@ def adapter_class_for_config(config: PretrainedConfig) -> type[ModelAdapter]:
     raise ValueError(f"model_type {config.model_type!r} is not supported; supported model types: {known}")
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "ParamSlice", "Widths", "adapter_class_for_config", "adapter_for"]
+__all__ = ["ADAPTERS", "ModelAdapter", "ParamSlice", "RefitMap", "Widths", "adapter_class_for_config", "adapter_for"]
