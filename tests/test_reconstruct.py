@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import torch
 from test_transfo_xl_pruning import proxy_batches as txl_batches
+from test_cli import assets, upvit  # noqa: F401  (the tiny ViT folder and image dataset fixture)
 from test_transfo_xl_pruning import CASES as TXL_CASES
 from test_transfo_xl_pruning import txl_config
 from tiny import gpt2_config, image_batches, randomize, token_batches, vit_config
-from transformers import GPT2LMHeadModel, ViTForImageClassification
+from transformers import AutoModelForImageClassification, GPT2LMHeadModel, ViTForImageClassification
 
 from upvit_hf import ImportanceScores, PruningTarget, UPPruner
 from upvit_hf.adapters import adapter_for
+from upvit_hf.cli import main
 from upvit_hf.models.transfo_xl import TransfoXLLMHeadModel
 from upvit_hf.reconstruct import RIDGE, NormalEquations
 from upvit_hf.record import RECORD_KEY
@@ -282,3 +284,21 @@ def test_reconstructed_transfo_xl_reloads(tmp_path):
     ids = batches[0]["input_ids"]
     torch.testing.assert_close(run(reloaded, {"input_ids": ids}).logits, run(rebuilt, {"input_ids": ids}).logits,
                                rtol=0, atol=0)
+
+
+def test_cli_prune_reconstruct(assets, tmp_path, capsys):
+    common = ["prune", "--model", assets / "base", "--dataset", assets / "data", "--proxy-size", 6,
+              "--method", "magnitude", "--ratio", 0.5]
+    upvit(*common, "--output", tmp_path / "plain")
+    upvit(*common, "--reconstruct", "--output", tmp_path / "recon")
+    plain = AutoModelForImageClassification.from_pretrained(tmp_path / "plain")
+    recon = AutoModelForImageClassification.from_pretrained(tmp_path / "recon")
+    assert recon.config.upvit_pruning["steps"][-1]["reconstruction"]["proxy_size"] == 6
+    assert "reconstruction" not in plain.config.upvit_pruning["steps"][-1]
+    assert not torch.equal(plain.vit.layers[0].mlp.fc2.weight, recon.vit.layers[0].mlp.fc2.weight)
+    assert torch.equal(plain.vit.layers[0].mlp.fc1.weight, recon.vit.layers[0].mlp.fc1.weight)  # inputs untouched
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", "--model", str(assets / "base"), "--dataset", str(assets / "data"), "--num-layers", "1",
+              "--reconstruct", "--output", str(tmp_path / "bad")])
+    assert exit_info.value.code == 2 and "--reconstruct" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
