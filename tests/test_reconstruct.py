@@ -24,7 +24,6 @@ from transformers import AutoModelForImageClassification, GPT2LMHeadModel, ViTFo
 
 from upvit_hf import ImportanceScores, PruningTarget, UPPruner
 from upvit_hf.adapters import adapter_for
-from upvit_hf.cli import main
 from upvit_hf.models.transfo_xl import TransfoXLLMHeadModel
 from upvit_hf.reconstruct import RIDGE, NormalEquations
 from upvit_hf.record import RECORD_KEY
@@ -286,7 +285,7 @@ def test_reconstructed_transfo_xl_reloads(tmp_path):
                                rtol=0, atol=0)
 
 
-def test_cli_prune_reconstruct(assets, tmp_path, capsys):
+def test_cli_prune_reconstruct(assets, tmp_path):
     common = ["prune", "--model", assets / "base", "--dataset", assets / "data", "--proxy-size", 6,
               "--method", "magnitude", "--ratio", 0.5]
     upvit(*common, "--output", tmp_path / "plain")
@@ -297,8 +296,37 @@ def test_cli_prune_reconstruct(assets, tmp_path, capsys):
     assert "reconstruction" not in plain.config.upvit_pruning["steps"][-1]
     assert not torch.equal(plain.vit.layers[0].mlp.fc2.weight, recon.vit.layers[0].mlp.fc2.weight)
     assert torch.equal(plain.vit.layers[0].mlp.fc1.weight, recon.vit.layers[0].mlp.fc1.weight)  # inputs untouched
-    with pytest.raises(SystemExit) as exit_info:
-        main(["prune", "--model", str(assets / "base"), "--dataset", str(assets / "data"), "--num-layers", "1",
-              "--reconstruct", "--output", str(tmp_path / "bad")])
-    assert exit_info.value.code == 2 and "--reconstruct" in capsys.readouterr().err
-    assert not (tmp_path / "bad").exists()
+    upvit("prune", "--model", assets / "base", "--dataset", assets / "data", "--proxy-size", 6, "--num-layers", 1,
+          "--reconstruct", "--output", tmp_path / "shallow")
+    shallow = AutoModelForImageClassification.from_pretrained(tmp_path / "shallow")
+    assert shallow.config.upvit_pruning["steps"][-1]["reconstruction"]["proxy_size"] == 6
+
+
+@pytest.mark.parametrize("family", CASES)
+def test_depth_pruning_refits_the_branches_after_the_removed_unit(family):
+    """After removing one unit, the maps of every later branch are refit (error on the proxy set no larger than
+    the removal left, measured here), the earlier ones are left exactly as they were."""
+    model, batches = CASES[family]()
+    layers = adapter_for(model).widths.num_hidden_layers
+    plain = UPPruner(model).prune_blocks(batches, num_hidden_layers=layers - 1, show_progress=False)
+    rebuilt = UPPruner(model).prune_blocks(batches, num_hidden_layers=layers - 1, show_progress=False,
+                                           reconstruct=True)
+    removed = plain.config.upvit_pruning["steps"][-1]["removed"][0]
+    first = 2 * removed["layers"][0] + (removed["unit"] == "hybrid")  # first removed branch
+    maps_plain, maps_rebuilt, maps_original = all_maps(plain), all_maps(rebuilt), all_maps(model)
+    inputs = map_io(rebuilt, batches, maps_rebuilt)
+    targets = map_io(model, batches, maps_original)
+    for k, (start, fitted) in enumerate(zip(maps_plain, maps_rebuilt)):
+        if k < first:
+            assert torch.equal(start.module.weight, fitted.module.weight)
+            continue
+        x, y = inputs[k][0], targets[k + 2][1]  # branch k of the reduced model was branch k + 2
+
+        def error(m):
+            out = x @ m.matrix().detach().double().T + (m.bias.detach().double() if m.bias is not None else 0)
+            return float(((out - y) ** 2).sum())
+
+        assert error(fitted) <= error(start) * (1 + 1e-6)
+        assert not torch.equal(start.module.weight, fitted.module.weight)
+    step = rebuilt.config.upvit_pruning["steps"][-1]
+    assert step["reconstruction"]["refit_maps"] == 2 * layers - 2 - first

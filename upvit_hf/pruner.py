@@ -6,10 +6,11 @@ import copy
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel
 
 from .adapters import Widths, adapter_for
-from .depth import remove_unit
+from .depth import remove_unit, source_blocks
 from .reconstruct import reconstruct as reconstruct_maps
 from .record import RECORD_KEY, updated_record
 from .scores import BlockScores, ImportanceScores
@@ -143,6 +144,7 @@ class UPPruner:
         *,
         variants_per_pass: int = 8,
         show_progress: bool = True,
+        reconstruct: bool = False,
     ) -> PreTrainedModel:
         """Progressive block pruning: remove the least important unit (block or hybrid), re-score the
         reduced model, repeat until `num_hidden_layers` blocks remain. A new stock model; the original is
@@ -153,6 +155,10 @@ class UPPruner:
         The proxy set is iterated once per step: a one-shot iterator is materialized to a list first.
         The pruning record gets one "depth" step listing the removed units in order, each with the block
         indices it had in the model it was removed from, and its score.
+
+        `reconstruct=True` refits, after each removal and on the same proxy set, the output maps of every
+        branch after the removed unit so that, fed the reduced model's own residual stream, each reproduces
+        what it wrote in the model before the removal (`upvit_hf.reconstruct`).
         """
         self.adapter.check_scorable()
         original = self.adapter.widths
@@ -172,6 +178,7 @@ class UPPruner:
             return copy.deepcopy(self.model)
 
         removed: list[dict[str, Any]] = []
+        refit_maps = 0
         current = self
         for step in range(original.num_hidden_layers - num_hidden_layers):
             scores = current.score_blocks(proxy, variants_per_pass=variants_per_pass, show_progress=show_progress)
@@ -183,6 +190,15 @@ class UPPruner:
                            "proxy_size": scores.meta.get("proxy_size")}
             setattr(config, RECORD_KEY, updated_record(self.model, original, widths, record_step))
             model = current._build(config, state)
+            if reconstruct:
+                sources = [b for old_blocks in source_blocks(unit, current.adapter.widths.num_hidden_layers)
+                           for b in (2 * old_blocks[0], 2 * old_blocks[1] + 1)]
+                report = reconstruct_maps(current.adapter, adapter_for(model), proxy,
+                                          torch.arange(widths.hidden_size), [s != k for k, s in enumerate(sources)],
+                                          sources=sources, show_progress=show_progress)
+                refit_maps += len(report.fits)
+                getattr(model.config, RECORD_KEY)["steps"][-1]["reconstruction"] = {**report.record(),
+                                                                                     "refit_maps": refit_maps}
             if between_steps is not None:
                 between_steps(model, step)
             current = UPPruner(model)

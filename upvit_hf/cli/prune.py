@@ -37,8 +37,9 @@ def register(subparsers) -> None:
     parser.add_argument("--scores", help="scores file from `upvit score` (otherwise scored on the fly)")
     parser.add_argument("--num-layers", type=int, help="also remove blocks progressively down to this depth")
     parser.add_argument("--reconstruct", action="store_true",
-                        help="after cutting to the target widths, refit each block's output projections by least "
-                             "squares on the proxy set (seconds; better quality before fine-tuning)")
+                        help="after each cut (width, and every removed block with --num-layers), refit the output "
+                             "projections of the affected blocks by least squares on the proxy set (seconds; "
+                             "better quality before fine-tuning)")
     add_target_arguments(parser)
     add_proxy_arguments(parser)
     parser.set_defaults(run=run)
@@ -50,9 +51,6 @@ def run(args: argparse.Namespace) -> None:
     if target is None and args.num_layers is None:
         raise CLIError("nothing to do: give target widths (--hidden-size/--num-heads/--intermediate-size or "
                        "--ratio) and/or --num-layers")
-    if args.reconstruct and target is None:
-        raise CLIError("--reconstruct refits a width-pruned model: give target widths (--hidden-size/--num-heads/"
-                       "--intermediate-size or --ratio)")
     kind = modality(model)
     pruner = UPPruner(model)
     if target is not None:
@@ -63,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
         proxy = build_proxy(args, args.model, model)
     pruned = model
     if args.num_layers is not None:
-        pruned = pruner.prune_blocks(proxy, num_hidden_layers=args.num_layers)
+        pruned = pruner.prune_blocks(proxy, num_hidden_layers=args.num_layers, reconstruct=args.reconstruct)
         pruner = UPPruner(pruned)
     if target is not None:
         if args.scores:
