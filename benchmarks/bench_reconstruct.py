@@ -57,14 +57,23 @@ class Task:
     recipe: Any
 
 
-def vision_task(seed: int, recon_images: int) -> Task:
+def trained_teacher(build: Callable[[], PreTrainedModel], saved: str | None, train_set, recipe, seed: int):
+    """The demo's teacher: trained here with the demo's recipe, or loaded from a folder `upvit demo` saved."""
+    if saved is not None:
+        return type(build()).from_pretrained(saved).eval()
+    set_seed(seed)
+    teacher = build()
+    train(teacher, train_set, recipe.teacher, seed)
+    return teacher
+
+
+def vision_task(seed: int, recon_images: int, saved: str | None = None) -> Task:
     recipe = vision_recipe()
     splits = load_digit_splits()
     train_set = TensorDictDataset(pixel_values=splits.pixel_values(splits.train),
                                   labels=torch.tensor(splits.train["label"]))
-    set_seed(seed)
-    teacher = ViTForImageClassification(vit_teacher_config(recipe))
-    train(teacher, train_set, recipe.teacher, seed)
+    teacher = trained_teacher(lambda: ViTForImageClassification(vit_teacher_config(recipe)), saved, train_set,
+                              recipe, seed)
     width = recipe.hidden_size
     return Task(
         "vision", "accuracy", teacher, train_set,
@@ -79,14 +88,13 @@ def vision_task(seed: int, recon_images: int) -> Task:
     )
 
 
-def language_task(seed: int, recon_sequences: int, test_tokens: int) -> Task:
+def language_task(seed: int, recon_sequences: int, test_tokens: int, saved: str | None = None) -> Task:
     recipe = dataclasses.replace(language_recipe(), seed=seed)
     data = load_treebank()
     test = data.test[:test_tokens]
     train_set = lm_blocks(data.train, recipe.block_size)
-    set_seed(seed)
-    teacher = GPT2LMHeadModel(gpt2_teacher_config(recipe, data))
-    train(teacher, train_set, recipe.teacher, seed)
+    teacher = trained_teacher(lambda: GPT2LMHeadModel(gpt2_teacher_config(recipe, data)), saved, train_set,
+                              recipe, seed)
     heads = recipe.n_head
     return Task(
         "language", "perplexity", teacher, train_set,
@@ -146,6 +154,8 @@ def main() -> None:
     parser.add_argument("--recon-sequences", type=int, default=128)
     parser.add_argument("--test-tokens", type=int, default=20000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vision-teacher", help="reuse the digits ViT `upvit demo` saved (vision/teacher-vit-digits)")
+    parser.add_argument("--language-teacher", help="reuse the PTB GPT-2 `upvit demo` saved (language/teacher-gpt2-ptb)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.set_verbosity_warning()
@@ -153,9 +163,10 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         if args.task in ("vision", "both"):
-            rows += run_task(vision_task(seed, args.recon_images), seed, tuple(args.steps))
+            rows += run_task(vision_task(seed, args.recon_images, args.vision_teacher), seed, tuple(args.steps))
         if args.task in ("language", "both"):
-            rows += run_task(language_task(seed, args.recon_sequences, args.test_tokens), seed, tuple(args.steps))
+            rows += run_task(language_task(seed, args.recon_sequences, args.test_tokens, args.language_teacher),
+                             seed, tuple(args.steps))
 
     columns = ["pruned", "recon"] + [f"{n}_distil{s}" for s in args.steps for n in ("pruned", "recon")]
     print("| task | seed | target | criterion | teacher | " + " | ".join(columns) + " | recovered | recon s |")
