@@ -136,6 +136,29 @@ def run_task(task: Task, seed: int, steps: tuple[int, ...]) -> list[dict[str, An
     return rows
 
 
+def map_errors(task: Task) -> dict[str, list[list[float]]]:
+    """Per refit map (branch order): relative output error on the reconstruction proxy before → after the refit,
+    for each target plus one that only merges pairs of heads (what the merged softmax alone leaves)."""
+    from upvit_hf.adapters import adapter_for
+    from upvit_hf.reconstruct import reconstruct
+    from upvit_hf.targets import PruningPlan
+
+    pruner = UPPruner(task.teacher)
+    widths = pruner.adapter.widths
+    scores = pruner.score(task.score_proxy, show_progress=False)
+    targets = {**task.targets, "heads-only-merge": PruningTarget(
+        widths.hidden_size, widths.num_attention_heads // 2, widths.intermediate_size, head_dim=2 * widths.head_dim)}
+    errors = {}
+    for name, target in targets.items():
+        plan = PruningPlan.from_scores(scores, widths, pruner.check_target(target))
+        model = pruner.prune(target, scores)
+        report = reconstruct(pruner.adapter, adapter_for(model), task.recon_proxy, plan.residual,
+                             [True] * 2 * widths.num_hidden_layers, show_progress=False)
+        errors[name] = [[round(f.as_dict()["relative_error_before"], 3), round(f.as_dict()["relative_error_after"], 3)]
+                        for f in report.fits]
+    return errors
+
+
 def recovered(row: dict[str, Any], higher_is_better: bool) -> float:
     """Fraction of the before-fine-tuning drop that reconstruction recovers (in log perplexity for LMs)."""
     import math
@@ -154,12 +177,21 @@ def main() -> None:
     parser.add_argument("--recon-sequences", type=int, default=128)
     parser.add_argument("--test-tokens", type=int, default=20000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--map-errors", action="store_true",
+                        help="only print each refit map's relative error before/after (KL scores; incl. heads-only merge)")
     parser.add_argument("--vision-teacher", help="reuse the digits ViT `upvit demo` saved (vision/teacher-vit-digits)")
     parser.add_argument("--language-teacher", help="reuse the PTB GPT-2 `upvit demo` saved (language/teacher-gpt2-ptb)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.set_verbosity_warning()
 
+    if args.map_errors:
+        tasks = {"vision": lambda s: vision_task(s, args.recon_images, args.vision_teacher),
+                 "language": lambda s: language_task(s, args.recon_sequences, args.test_tokens, args.language_teacher)}
+        for name in ("vision", "language") if args.task == "both" else (args.task,):
+            print(json.dumps({"benchmark": "reconstruct-map-errors", "task": name,
+                              "errors": map_errors(tasks[name](args.seeds[0]))}))
+        return
     rows = []
     for seed in args.seeds:
         if args.task in ("vision", "both"):
