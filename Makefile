@@ -10,10 +10,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# torch first, pinned: the CPU wheel is on disk here; an unpinned torch would pull CUDA wheels.
-$(STAMP): $(PY) setup.cfg pyproject.toml
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test]"
+# Every package at the version CI tests (constraints.txt); setup.cfg keeps ranges for users.
+# torch first: the CPU wheel is on disk here; resolving it with the rest could pull CUDA wheels.
+$(STAMP): $(PY) setup.cfg pyproject.toml constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -24,14 +24,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 from upvit_hf import ImportanceScores, UPPruner
 from upvit_hf.atomic import atomic_path
 from upvit_hf.cli.common import load_config, target_from_arguments
-from upvit_hf.evaluation import load_text, max_positions
-from upvit_hf.proxy import text_proxy
+from upvit_hf.evaluation import max_positions, text_documents
+from upvit_hf.proxy import document_proxy
 
 
 @dataclass
 class PruneArguments:
     model: str = field(metadata={"help": "GPT-2 model: hub id or local folder"})
     output: str = field(metadata={"help": "folder for the pruned model and its tokenizer (written atomically)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing, non-empty output"})
     dataset: str = field(default="wikitext", metadata={"help": "datasets name, save_to_disk folder, text file(s)"})
     dataset_config: str | None = field(default="wikitext-103-raw-v1")
     split: str = field(default="train")
@@ -66,15 +67,16 @@ def run(args: PruneArguments) -> dict:
         context = max_positions(model)
         if context is not None and args.seq_len > context:
             raise ValueError(f"--seq-len {args.seq_len} exceeds the model's context of {context} tokens")
-        text = load_text(args.dataset, args.dataset_config, args.split, text_column=args.text_column)
-        proxy = text_proxy(tokenizer(text, return_tensors="pt")["input_ids"][0], size=args.proxy_size,
-                           seq_len=args.seq_len, seed=args.seed, batch_size=args.batch_size)
+        documents = text_documents(args.dataset, args.dataset_config, args.split, text_column=args.text_column,
+                                   seed=args.seed)
+        proxy = document_proxy(documents, tokenizer, size=args.proxy_size, seq_len=args.seq_len, seed=args.seed,
+                               batch_size=args.batch_size)
         scores = pruner.score(proxy, variants_per_pass=args.variants_per_pass)
         if args.scores:
             scores.save(args.scores)
 
     small = pruner.prune(target, scores)
-    with atomic_path(args.output, directory=True) as tmp:
+    with atomic_path(args.output, directory=True, overwrite=args.overwrite) as tmp:
         small.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 (tied weights counted once)

@@ -17,7 +17,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Hf
 from upvit_hf import ImportanceScores, UPPruner
 from upvit_hf.atomic import atomic_path
 from upvit_hf.cli.common import target_from_arguments
-from upvit_hf.evaluation.data import load_image_dataset
+from upvit_hf.evaluation.data import load_split, model_channels
 from upvit_hf.proxy import image_proxy
 
 
@@ -25,6 +25,7 @@ from upvit_hf.proxy import image_proxy
 class PruneArguments:
     model: str = field(metadata={"help": "hub id or local folder of a ViT/DeiT image classifier"})
     output: str = field(metadata={"help": "folder for the pruned model (written atomically)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing, non-empty output"})
     dataset: str = field(default="imagenet-1k", metadata={"help": "datasets name, save_to_disk folder or imagefolder"})
     split: str = field(default="train", metadata={"help": "split the proxy set is sampled from"})
     image_column: str = field(default="image")
@@ -53,14 +54,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.scores:
         scores = ImportanceScores.load(args.scores)
     else:
-        dataset = load_image_dataset(args.dataset, args.split)
+        dataset = load_split(args.dataset, args.split, streaming=True)  # a Hub dataset is streamed
         proxy = image_proxy(dataset, processor, size=args.proxy_size, seed=args.seed, batch_size=args.batch_size,
-                            image_column=args.image_column)
+                            image_column=args.image_column, num_channels=model_channels(model))
         scores = pruner.score(proxy, variants_per_pass=args.variants_per_pass)
         if args.save_scores:
-            scores.save(args.save_scores)
+            scores.save(args.save_scores, overwrite=args.overwrite)
     small = pruner.prune(target, scores)
-    with atomic_path(args.output, directory=True) as tmp:
+    with atomic_path(args.output, directory=True, overwrite=args.overwrite) as tmp:
         small.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

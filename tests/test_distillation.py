@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from torch.utils.data import Dataset as TorchDataset
 from transformers import (
@@ -276,6 +277,10 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
 def test_train_leaves_teacher_alone_and_saves_only_the_student(tmp_path):
     alpha, temperature = 0.5, 2.0
     teacher, student = tiny_vit(1), tiny_vit(0, intermediate=16)
+    teacher.train()  # the caller's choices, which the trainer must leave as they were
+    teacher.classifier.weight.requires_grad_(False)
+    flags_before = {name: p.requires_grad for name, p in teacher.named_parameters()}
+    use_cache_before = getattr(teacher.config, "use_cache", None)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in student.state_dict().items()}
     g = torch.Generator().manual_seed(3)
@@ -291,8 +296,10 @@ def test_train_leaves_teacher_alone_and_saves_only_the_student(tmp_path):
     )
     trainer.train()
 
-    # The teacher: untouched, frozen, in eval mode, not optimized.
-    assert not teacher.training and all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    # The teacher: untouched (values, mode, requires_grad flags, config), and never optimized.
+    assert teacher.training and getattr(teacher.config, "use_cache", None) == use_cache_before
+    assert {name: p.requires_grad for name, p in teacher.named_parameters()} == flags_before
+    assert all(p.grad is None for p in teacher.parameters())
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
@@ -569,8 +576,17 @@ def test_distill_gpt2_example_on_local_text_files(tmp_path):
         "--max_eval_samples", "20", "--max_steps", "3", "--per_device_train_batch_size", "8", "--use_cpu",
         "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--eval_strategy", "no",
     ])
-    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_ce"]))
-    assert GPT2LMHeadModel.from_pretrained(out).config.n_inner == 16
+    # Reference: the saved student's next-token CE over the first 20 blocks of 16 tokens of the validation
+    # lines (each line tokenized on its own and concatenated, as the recipe groups them), in float64.
+    student = GPT2LMHeadModel.from_pretrained(out).eval()
+    assert student.config.n_inner == 16
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tmp_path / "teacher")
+    ids = [i for line in (data / "validation.txt").read_text().split("\n") for i in tokenizer(line)["input_ids"]]
+    blocks = torch.tensor(ids[: len(ids) // 16 * 16]).view(-1, 16)[:20]
+    with torch.no_grad():
+        logits = student(input_ids=blocks).logits[:, :-1].double()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1)).item()
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(ce), rel=1e-5)
 
 
 if __name__ == "__main__":

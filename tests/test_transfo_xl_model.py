@@ -237,44 +237,115 @@ def test_trust_remote_code_loads_in_a_fresh_interpreter_without_upvit_hf(loaded,
 # ---- generation ---------------------------------------------------------------------------------------------
 
 
-def test_greedy_generate_equals_manual_loop_with_mems(loaded):
+def _memory_loop(model, prompt, continuation, mems=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Reference: ``[b, steps, vocab]`` float64 log-probabilities of each next token, feeding the prompt once and then
+    one continuation token at a time with the memories of the previous call (the Transformer-XL way, no `generate`);
+    and the memories after the last call."""
+    steps = []
+    with torch.no_grad():
+        out = model(input_ids=prompt, mems=mems)
+        steps.append(out.logits[:, -1])
+        for t in range(continuation.shape[1] - 1):
+            out = model(input_ids=continuation[:, t : t + 1], mems=out.mems)
+            steps.append(out.logits[:, -1])
+    return torch.stack(steps, dim=1).double().log_softmax(-1), out.mems
+
+
+def _memory_loop_log_probs(model, prompt, continuation, mems=None) -> torch.Tensor:
+    return _memory_loop(model, prompt, continuation, mems)[0]
+
+
+def _generated_scores(model, prompt, **kwargs):
+    # No end-of-sequence token: every row runs for max_new_tokens steps, so no logits processor touches the scores.
+    out = model.generate(
+        prompt, output_scores=True, return_dict_in_generate=True, do_sample=False, eos_token_id=None, **kwargs
+    )
+    return out, torch.stack(out.scores, dim=1).double()
+
+
+@pytest.mark.parametrize("case", ["post_ln", "pre_ln"])
+def test_greedy_generate_scores_equal_the_memory_loop(loaded, case):
+    model, _ = loaded[case]
+    prompt = torch.tensor([[5, 12, 33, 7], [40, 2, 18, 51]])
+    new_tokens = 8
+    assert prompt.shape[1] + new_tokens > 2 * model.config.mem_len  # memories are truncated along the way
+    out, scores = _generated_scores(
+        model, prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens
+    )
+    continuation = out.sequences[:, prompt.shape[1] :]
+    assert continuation.shape[1] == new_tokens
+    reference, mems = _memory_loop(model, prompt, continuation)
+    torch.testing.assert_close(scores, reference, atol=1e-5, rtol=0)
+    # `generate` returns the memories it ended with: those of the loop after it fed all but the last token.
+    assert len(out.cache) == model.config.n_layer
+    for got, want in zip(out.cache, mems):
+        assert got.shape == (model.config.mem_len, prompt.shape[0], model.config.d_model)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_generate_without_cache_rereads_the_whole_sequence(loaded):
     model, _ = loaded["post_ln"]
     prompt = torch.tensor([[5, 12, 33, 7], [40, 2, 18, 51]])
-    new_tokens = 7
-    generated = model.generate(
-        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, do_sample=False
-    )
-
-    sequence, step_input, mems = prompt, prompt, None
+    out, scores = _generated_scores(model, prompt, max_new_tokens=4, use_cache=False)
     with torch.no_grad():
-        for _ in range(new_tokens):
-            out = model(input_ids=step_input, mems=mems)
-            step_input = out.logits[:, -1].argmax(-1, keepdim=True)
-            sequence, mems = torch.cat([sequence, step_input], dim=1), out.mems
-    assert torch.equal(generated, sequence)
-    assert sequence.shape[1] - prompt.shape[1] > model.config.mem_len  # memories were truncated along the way
-
-    # Without the cache every step re-reads the whole sequence from empty memories.
-    no_cache = model.generate(prompt, max_new_tokens=4, do_sample=False, use_cache=False)
-    sequence = prompt
-    with torch.no_grad():
-        for _ in range(4):
-            step = model(input_ids=sequence).logits[:, -1].argmax(-1, keepdim=True)
-            sequence = torch.cat([sequence, step], dim=1)
-    assert torch.equal(no_cache, sequence)
+        reference = torch.stack(
+            [model(input_ids=out.sequences[:, : prompt.shape[1] + t]).logits[:, -1] for t in range(4)], dim=1
+        )
+    torch.testing.assert_close(scores, reference.double().log_softmax(-1), atol=1e-5, rtol=0)
+    # ... which is not what the memory loop computes once the sequence outgrows the memory.
+    cached = _memory_loop_log_probs(model, prompt, out.sequences[:, prompt.shape[1] :])
+    assert (scores - cached).abs().max() > 1e-3
 
 
-def test_generate_beam_search_and_prompt_memories_run(loaded):
-    model, _ = loaded["pre_ln"]
+@pytest.mark.parametrize("case", ["post_ln", "pre_ln"])
+def test_beam_search_scores_follow_each_beam_with_its_own_memories(loaded, case):
+    """Per step, the scores of the beam each returned sequence came from equal the memory loop run on that
+    sequence's own prefix; sequence scores equal the loop's summed log-probabilities with the length penalty."""
+    model, _ = loaded[case]
     prompt = torch.tensor([[3, 14, 15], [9, 26, 53]])
-    beams = model.generate(prompt, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
-    assert beams.shape == (4, 7)
+    num_beams, new_tokens, length_penalty = 3, 7, 1.5
+    out, scores = _generated_scores(
+        model, prompt, max_new_tokens=new_tokens, num_beams=num_beams, num_return_sequences=2,
+        length_penalty=length_penalty,
+    )
+    sequences = out.sequences
+    assert sequences.shape[0] == 2 * prompt.shape[0]
+    rows_prompt = prompt.repeat_interleave(2, dim=0)
+    continuation = sequences[:, prompt.shape[1] :]
+    reference = _memory_loop_log_probs(model, rows_prompt, continuation)
+    beam_indices = out.beam_indices[:, : continuation.shape[1]]
+    valid = beam_indices >= 0
+    assert valid[:, 0].all() and valid.sum() > len(sequences) * model.config.mem_len  # beyond the memory length
+    chosen = torch.zeros(sequences.shape[0], dtype=torch.float64)
+    for row in range(sequences.shape[0]):
+        for t in range(continuation.shape[1]):
+            if not valid[row, t]:
+                continue
+            step_scores = scores[beam_indices[row, t], t]
+            torch.testing.assert_close(step_scores, reference[row, t], atol=1e-5, rtol=0)
+            chosen[row] += reference[row, t, continuation[row, t]]
+    lengths = valid.sum(dim=1).double()
+    expected = chosen / lengths**length_penalty
+    torch.testing.assert_close(out.sequences_scores.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_generate_continues_from_prompt_memories_greedy_and_beam(loaded):
+    model, _ = loaded["pre_ln"]
+    context = torch.tensor([[3, 14, 15, 9], [9, 26, 53, 2]])
+    prompt = torch.tensor([[8], [21]])
     with torch.no_grad():
-        context = model(input_ids=prompt)
-    continued = model.generate(prompt[:, -1:], mems=context.mems, max_new_tokens=3, do_sample=False)
-    with torch.no_grad():
-        first = model(input_ids=prompt[:, -1:], mems=context.mems).logits[:, -1].argmax(-1)
-    assert torch.equal(continued[:, 1], first)
+        mems = model(input_ids=context).mems
+    out, scores = _generated_scores(model, prompt, mems=mems, max_new_tokens=5)
+    reference = _memory_loop_log_probs(model, prompt, out.sequences[:, 1:], mems=mems)
+    torch.testing.assert_close(scores, reference, atol=1e-5, rtol=0)
+    # Without the context the first step differs: the memories were used.
+    fresh = _memory_loop_log_probs(model, prompt, out.sequences[:, 1:2])
+    assert (scores[:, 0] - fresh[:, 0]).abs().max() > 1e-3
+
+    beams, beam_scores = _generated_scores(model, prompt, mems=mems, max_new_tokens=3, num_beams=2)
+    first = _memory_loop_log_probs(model, prompt, prompt, mems=mems)[:, 0]
+    # Step 0: both beams of a sample start from that sample's context memories.
+    torch.testing.assert_close(beam_scores[:, 0], first.repeat_interleave(2, dim=0), atol=1e-5, rtol=0)
 
 
 # ---- configuration --------------------------------------------------------------------------------------------

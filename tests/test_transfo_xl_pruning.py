@@ -19,10 +19,11 @@ import textwrap
 
 import pytest
 import torch
+from helpers import random_scores, top_sorted
 from tiny import randomize
 from transformers import AutoModelForCausalLM
 
-from upvit_hf import ImportanceScores, PruningTarget, UPPruner
+from upvit_hf import PruningTarget, UPPruner
 from upvit_hf.adapters import adapter_for
 from upvit_hf.depth import BlockUnit, remove_unit
 from upvit_hf.models.transfo_xl import TransfoXLConfig, TransfoXLLMHeadModel, TransfoXLModel
@@ -235,20 +236,6 @@ def test_adapter_pieces_compose_to_the_model(case):
 
 
 # ---- pruning ---------------------------------------------------------------------------------------------------
-
-
-def random_scores(config, seed=0) -> ImportanceScores:
-    g = torch.Generator().manual_seed(seed)
-    layers = range(config.n_layer)
-    return ImportanceScores(
-        residual=torch.rand(config.d_model, generator=g, dtype=torch.float64),
-        attention=[torch.rand(config.n_head * config.d_head, generator=g, dtype=torch.float64) for _ in layers],
-        ffn=[torch.rand(config.d_inner, generator=g, dtype=torch.float64) for _ in layers],
-    )
-
-
-def top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.argsort(scores, descending=True)[:k].sort().values
 
 
 def kept_attention(config, scores, layer, heads, head_dim):

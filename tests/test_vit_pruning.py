@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers import random_scores, top_sorted
 from tiny import deit_config, image_batches, randomize, vit_config
 from transformers import (
     BertConfig,
@@ -23,21 +24,6 @@ from transformers import (
 
 from upvit_hf import ImportanceScores, PruningTarget, UPPruner
 from upvit_hf.adapters import adapter_for
-
-
-def random_scores(config, seed=0) -> ImportanceScores:
-    g = torch.Generator().manual_seed(seed)
-    width = config.num_attention_heads * (config.hidden_size // config.num_attention_heads)
-    layers = range(config.num_hidden_layers)
-    return ImportanceScores(
-        residual=torch.rand(config.hidden_size, generator=g, dtype=torch.float64),
-        attention=[torch.rand(width, generator=g, dtype=torch.float64) for _ in layers],
-        ffn=[torch.rand(config.intermediate_size, generator=g, dtype=torch.float64) for _ in layers],
-    )
-
-
-def top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.argsort(scores, descending=True)[:k].sort().values
 
 
 def physically_reduced(model, scores, hidden, head_dim, intermediate):
@@ -55,10 +41,12 @@ def physically_reduced(model, scores, hidden, head_dim, intermediate):
             t = t[res]
         elif key.endswith("classifier.weight"):
             t = t[:, res]
+        elif key.endswith("pooler.dense.weight"):  # reads the residual; writes config.pooler_output_size dims
+            t = t[:, res]
         new[key] = t
-    prefix = model.base_model_prefix
+    prefix = "" if model.base_model is model else f"{model.base_model_prefix}."  # headless: no prefix
     for layer in range(config.num_hidden_layers):
-        p = f"{prefix}.layers.{layer}"
+        p = f"{prefix}layers.{layer}"
         per_head = scores.attention[layer].view(heads, old_head_dim)
         att = torch.cat([top_sorted(per_head[h], head_dim) + h * old_head_dim for h in range(heads)])
         ffn = top_sorted(scores.ffn[layer], intermediate)
@@ -84,6 +72,8 @@ def physically_reduced(model, scores, hidden, head_dim, intermediate):
     (ViTForImageClassification, vit_config),
     (DeiTForImageClassification, deit_config),
     (DeiTForImageClassificationWithTeacher, deit_config),
+    (ViTModel, vit_config),
+    (DeiTModel, deit_config),
 ])
 def test_pruning_without_merging_equals_physical_removal(cls, make_config):
     model = randomize(cls(make_config())).double()
@@ -95,8 +85,10 @@ def test_pruning_without_merging_equals_physical_removal(cls, make_config):
     reference = physically_reduced(model, scores, hidden=11, head_dim=3, intermediate=13)
     x = image_batches(model.config)[0]["pixel_values"].double()
     with torch.no_grad():
-        torch.testing.assert_close(small(pixel_values=x).logits, reference(pixel_values=x).logits,
-                                   rtol=1e-10, atol=1e-10)
+        mine, want = small(pixel_values=x), reference(pixel_values=x)
+    names = ("last_hidden_state", "pooler_output") if "logits" not in want else ("logits",)
+    for name in names:  # headless models: the hidden states and the pooler's values, not just their shapes
+        torch.testing.assert_close(mine[name], want[name], rtol=1e-10, atol=1e-10)
 
 
 def test_merged_heads_hold_the_top_dims_of_their_group():
@@ -177,10 +169,7 @@ def test_pruned_model_reloads_in_a_fresh_interpreter(tmp_path, cls, make_config)
 def test_headless_and_headed_models_prune_to_their_class(cls, make_config):
     model = randomize(cls(make_config()))
     small = UPPruner(model).prune(PruningTarget(8, 2, 12), random_scores(model.config))
-    assert type(small) is cls and small.config.hidden_size == 8
-    x = image_batches(model.config)[0]["pixel_values"]
-    with torch.no_grad():
-        small(pixel_values=x)
+    assert type(small) is cls and small.config.hidden_size == 8  # values: test_pruning_without_merging_...
 
 
 def test_scores_save_and_load_round_trip(tmp_path):

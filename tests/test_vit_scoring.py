@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from helpers import kl_sum
 from tiny import deit_config, image_batches, randomize, vit_config
 from transformers import DeiTForImageClassificationWithTeacher, ViTForImageClassification
 
@@ -50,17 +51,6 @@ def with_zeroed(model, edits):
         for name, axis, index in edits:
             params[name].select(axis, index).zero_()
     return zeroed
-
-
-def kl_sum(reference_model, model, batches) -> float:
-    total = 0.0
-    with torch.no_grad():
-        for batch in batches:
-            x = batch["pixel_values"].double()
-            q = torch.softmax(reference_model(pixel_values=x).logits, -1)
-            p = torch.softmax(model(pixel_values=x).logits, -1)
-            total += float((q * (q.log() - p.log())).sum())
-    return total
 
 
 def reference_scores(model, batches):

@@ -23,11 +23,12 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
+from .model_io import IGNORE_INDEX, logits_of
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["DistillationTrainer", "EMACallback", "LossParts", "count_loss_items", "distillation_loss_parts"]
 
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -43,14 +44,16 @@ def _is_soft(labels: torch.Tensor) -> bool:
     return labels.is_floating_point()
 
 
-def _align(
-    logits: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Return (item logits [N, C], item targets, selection) for the items the loss averages over.
+LOSS_CHUNK_ELEMENTS = 1 << 24
+"""Loss items × classes evaluated at once (64 MiB in float32): a vocabulary of 267,735 words is read ~62 tokens at a
+time, so the loss's own temporaries stay near this size however many tokens a batch has."""
 
-    The kind of model is read from the shapes alone: 2-D logits are a classifier, 3-D logits a causal LM.
-    The selection (a boolean mask over the un-flattened logits, or None for "all rows") is returned so
-    the teacher's logits can be cut the same way.
+
+def _rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (logits as rows [M, C] (a view), the rows the loss averages over [N], their targets).
+
+    The kind of model is read from the shapes alone: 2-D logits are a classifier, 3-D logits a causal LM (row
+    ``b·T + t`` predicts ``labels[b, t + 1]``). Rows are picked by index, so no [N, C] copy is made here.
     """
     if logits.dim() == 2:
         if _is_soft(labels):
@@ -58,26 +61,70 @@ def _align(
                 raise ValueError(
                     f"soft labels must have the logits' shape {tuple(logits.shape)}, got {tuple(labels.shape)}"
                 )
-            return logits, labels, None
+            return logits, torch.arange(logits.shape[0], device=logits.device), labels
         if labels.shape != logits.shape[:1]:
             raise ValueError(f"class labels must have shape [{logits.shape[0]}], got {tuple(labels.shape)}")
         keep = labels != IGNORE_INDEX
-        return logits[keep], labels[keep], keep
+        return logits, keep.nonzero().squeeze(1).to(logits.device), labels[keep]
     if logits.dim() == 3:
         if _is_soft(labels) or labels.shape != logits.shape[:2]:
             raise ValueError(
                 f"a causal LM (logits {tuple(logits.shape)}) needs integer labels of shape "
                 f"{tuple(logits.shape[:2])}, got {labels.dtype} {tuple(labels.shape)}"
             )
+        batch, seq = labels.shape
         keep = labels[:, 1:] != IGNORE_INDEX
-        return logits[:, :-1][keep], labels[:, 1:][keep], keep
+        positions = torch.arange(batch * seq, device=labels.device).view(batch, seq)[:, :-1]
+        return logits.reshape(batch * seq, -1), positions[keep].to(logits.device), labels[:, 1:][keep]
     raise ValueError(f"logits must be [batch, classes] or [batch, seq, vocab], got shape {tuple(logits.shape)}")
 
 
-def _select(logits: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    if keep is None:
-        return logits
-    return logits[keep] if logits.dim() == 2 else logits[:, :-1][keep]
+def _loss_terms(
+    student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, temperature: float, label_smoothing: float
+) -> torch.Tensor:
+    """``[CE(y, p) summed, KL(q_T || p_T) summed]`` of some rows, in float32 (float64 stays float64)."""
+    dtype = torch.promote_types(student.dtype, torch.float32)
+    s, t = student.to(dtype), teacher.to(dtype)
+    # Class ids or probabilities [N, C]; smoothing mixes either with the uniform distribution.
+    targets = targets.to(dtype) if _is_soft(targets) else targets
+    ce_sum = F.cross_entropy(s, targets, reduction="sum", label_smoothing=label_smoothing)
+    log_p_t = F.log_softmax(s / temperature, dim=-1)
+    log_q_t = F.log_softmax(t / temperature, dim=-1)
+    return torch.stack([ce_sum, F.kl_div(log_p_t, log_q_t, reduction="sum", log_target=True)])
+
+
+class _ChunkedLossTerms(torch.autograd.Function):
+    """`_loss_terms` over rows ``index`` of ``student``/``teacher``, a chunk of rows at a time.
+
+    Nothing of the chunks is kept for backward: it recomputes each chunk and writes that chunk's gradient into
+    the (unavoidable) full-size gradient of ``student``, so the peak grows with the chunk, not with the batch.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, index, targets, temperature, label_smoothing, chunk_rows):
+        ctx.save_for_backward(student, teacher, index, targets)
+        ctx.options = (temperature, label_smoothing, chunk_rows)
+        total = student.new_zeros(2, dtype=torch.promote_types(student.dtype, torch.float32))
+        for begin in range(0, index.numel(), chunk_rows):
+            rows = index[begin : begin + chunk_rows]
+            chunk_targets = targets[begin : begin + chunk_rows]
+            total += _loss_terms(student[rows], teacher[rows], chunk_targets, temperature, label_smoothing)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        student, teacher, index, targets = ctx.saved_tensors
+        temperature, label_smoothing, chunk_rows = ctx.options
+        grad = torch.zeros_like(student)
+        for begin in range(0, index.numel(), chunk_rows):
+            rows = index[begin : begin + chunk_rows]
+            with torch.enable_grad():
+                piece = student[rows].detach().requires_grad_()
+                terms = _loss_terms(piece, teacher[rows], targets[begin : begin + chunk_rows], temperature,
+                                    label_smoothing)
+                (piece_grad,) = torch.autograd.grad(terms, piece, grad_total)
+            grad[rows] = piece_grad.to(grad.dtype)
+        return grad, None, None, None, None, None, None
 
 
 def count_loss_items(labels: torch.Tensor) -> torch.Tensor:
@@ -99,27 +146,25 @@ def distillation_loss_parts(
     labels: torch.Tensor,
     temperature: float = 1.0,
     label_smoothing: float = 0.0,
+    max_chunk_elements: int = LOSS_CHUNK_ELEMENTS,
 ) -> LossParts:
-    """Summed CE(y, p) and KL(q_T || p_T) over the loss items, in float32 whatever the logits' dtype."""
+    """Summed CE(y, p) and KL(q_T || p_T) over the loss items, in float32 whatever the logits' dtype.
+
+    Computed `max_chunk_elements` (items × classes) at a time with gradients equal to the one-shot formula, so a
+    large vocabulary never needs several copies of [tokens, vocabulary] (see `_ChunkedLossTerms`).
+    """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             "student and teacher logits differ in shape: "
             f"{tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}"
         )
-    s, targets, keep = _align(student_logits, labels)
-    t = _select(teacher_logits, keep).detach()
-    s, t = s.float(), t.float()
-    # Class ids or probabilities [N, C]; smoothing mixes either with the uniform distribution.
-    targets = targets.float() if _is_soft(targets) else targets
-    ce_sum = F.cross_entropy(s, targets, reduction="sum", label_smoothing=label_smoothing)
-    log_p_t = F.log_softmax(s / temperature, dim=-1)
-    log_q_t = F.log_softmax(t / temperature, dim=-1)
-    kl_sum = F.kl_div(log_p_t, log_q_t, reduction="sum", log_target=True)
-    return LossParts(ce_sum, kl_sum, torch.tensor(s.shape[0], device=s.device))
-
-
-def _logits_of(outputs: Any) -> torch.Tensor:
-    return outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+    if max_chunk_elements < 1:
+        raise ValueError(f"max_chunk_elements must be positive, got {max_chunk_elements}")
+    student, index, targets = _rows(student_logits, labels)
+    teacher = teacher_logits.detach().reshape(student.shape)
+    chunk_rows = max(1, max_chunk_elements // student.shape[-1])
+    terms = _ChunkedLossTerms.apply(student, teacher, index, targets, temperature, label_smoothing, chunk_rows)
+    return LossParts(terms[0], terms[1], torch.tensor(index.numel(), device=student.device))
 
 
 class DistillationTrainer(Trainer):
@@ -164,9 +209,9 @@ class DistillationTrainer(Trainer):
         # count the loss items of the whole accumulated (and, by default, all-process) batch for every student.
         self.model_accepts_loss_kwargs = True
 
-        self.teacher_model = teacher_model.to(self.args.device).eval().requires_grad_(False)
-        if getattr(getattr(teacher_model, "config", None), "use_cache", False):
-            teacher_model.config.use_cache = False  # a KV cache is only memory here
+        # The caller's teacher keeps its mode, `requires_grad` flags and config: it runs under no_grad and in
+        # eval mode only for the duration of each forward (see `_teacher_logits`). Only its device changes.
+        self.teacher_model = teacher_model.to(self.args.device)
         self.alpha = float(alpha)
         self.temperature = float(temperature)
 
@@ -188,6 +233,17 @@ class DistillationTrainer(Trainer):
         ]
         return super()._get_num_items_in_batch(proxies, device)
 
+    def _teacher_logits(self, inputs: Mapping[str, Any]) -> torch.Tensor:
+        """The teacher's logits without a graph, in eval mode (no dropout); its own mode is restored after."""
+        teacher = self.teacher_model
+        was_training = teacher.training
+        teacher.eval()
+        try:
+            with torch.no_grad(), self.accelerator.autocast():
+                return logits_of(teacher(**inputs))
+        finally:
+            teacher.train(was_training)
+
     def compute_loss(
         self,
         model: nn.Module,
@@ -208,13 +264,9 @@ class DistillationTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        student_logits = _logits_of(outputs)
+        student_logits = logits_of(outputs)
 
-        teacher = self.teacher_model
-        if teacher.training:
-            teacher.eval()
-        with torch.no_grad(), self.accelerator.autocast():
-            teacher_logits = _logits_of(teacher(**inputs))
+        teacher_logits = self._teacher_logits(inputs)
 
         parts = distillation_loss_parts(
             student_logits, teacher_logits, labels, self.temperature, self.args.label_smoothing_factor

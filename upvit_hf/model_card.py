@@ -16,9 +16,11 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 from torch import nn
 
+from .adapters import REGISTRY, ModelAdapter
+from .atomic import atomic_path
 from .evaluation.complexity import count_parameters, model_stats
+from .record import RECORD_KEY
 
-RECORD_KEY = "upvit_pruning"
 CARD_KEY = "upvit"  # YAML key holding metrics/stats so a refreshed card keeps them
 PAPER = "A Unified Pruning Framework for Vision Transformers (Hao Yu & Jianxin Wu, Sci. China Inf. Sci., 2023)"
 
@@ -33,24 +35,6 @@ _METHODS = {
     "kl": "KL divergence between the original output and the output with the channel removed (paper Eq. 1)",
 }
 _KNOWN_RECORD_KEYS = {"base_model", "method", "proxy_size", "original", "pruned", "upvit_hf_version"}
-_PIPELINE_SUFFIXES = (
-    ("ForImageClassification", "image-classification"),
-    ("ForCausalLM", "text-generation"),
-    ("LMHeadModel", "text-generation"),
-    ("ForMaskedLM", "fill-mask"),
-    ("ForSequenceClassification", "text-classification"),
-    ("ForTokenClassification", "token-classification"),
-    ("ForQuestionAnswering", "question-answering"),
-)
-_AUTO_CLASSES = {
-    "image-classification": "AutoModelForImageClassification",
-    "text-generation": "AutoModelForCausalLM",
-    "fill-mask": "AutoModelForMaskedLM",
-    "text-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-}
-
 
 def _config_dict(config: Any) -> dict[str, Any]:
     if isinstance(config, Mapping):
@@ -68,14 +52,51 @@ def pruning_record(config: Any) -> dict[str, Any]:
     return dict(record)
 
 
-def infer_pipeline_tag(config: Any, class_name: str | None = None) -> str | None:
-    """The Hub pipeline tag implied by the model class name or the config's `architectures`, if any."""
-    names = ([class_name] if class_name else []) + list(_config_dict(config).get("architectures") or [])
-    for arch in names:
-        for suffix, tag in _PIPELINE_SUFFIXES:
-            if arch.endswith(suffix):
-                return tag
-    return None
+def _family(model: nn.Module | Any) -> tuple[type[ModelAdapter], type] | None:
+    """The adapter and model class of a model (or of the class its config's `architectures` names); None for a
+    config no adapter knows."""
+    config = model.config if isinstance(model, nn.Module) else model
+    adapter = REGISTRY.get(_config_dict(config).get("model_type"))
+    if adapter is None:
+        return None
+    if isinstance(model, nn.Module):
+        return adapter, type(model)
+    if isinstance(config, Mapping):
+        from transformers import AutoConfig
+
+        config = AutoConfig.for_model(config["model_type"], architectures=config.get("architectures"))
+    model_class = adapter.model_class_for_config(config)
+    return (adapter, model_class) if model_class is not None else None
+
+
+def infer_pipeline_tag(auto_class: type | None) -> str | None:
+    """The Hub pipeline tag of the transformers pipeline that loads its model with `auto_class` (None for
+    backbones, which several pipelines share, and for classes no pipeline loads)."""
+    from transformers import AutoModel
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    if auto_class is None or auto_class is AutoModel:
+        return None
+    return next((task for task, spec in SUPPORTED_TASKS.items() if auto_class in spec.get("pt", ())), None)
+
+
+def _usage_section(found: tuple[type[ModelAdapter], type] | None, auto_class: type | None, repo: str) -> list[str]:
+    """How to load the model: its Auto class (or its own class where no Auto class maps it). A family
+    transformers does not ship loads with the code saved next to its weights (`trust_remote_code=True`, also for
+    the tokenizer, since `AutoTokenizer` reads the custom config) or after `import upvit_hf`."""
+    loader = (auto_class or found[1]).__name__ if found else "AutoModel"
+    remote = bool(found and found[0].needs_remote_code)
+    trust = ", trust_remote_code=True" if remote else ""
+    tokenizer = remote and found[0].modality == "text"
+    lines = ["## Usage", "", "```python", f"from transformers import {loader}{', AutoTokenizer' if tokenizer else ''}",
+             "", f'model = {loader}.from_pretrained("{repo}"{trust})']
+    if tokenizer:
+        lines.append(f'tokenizer = AutoTokenizer.from_pretrained("{repo}"{trust})')
+    lines += ["```", ""]
+    if remote:
+        lines += [f"transformers has no {found[1].__name__}: the checkpoint carries its code. With upvit-hf installed, "
+                  "`import upvit_hf` registers it instead and `trust_remote_code` is not needed.", ""]
+    return lines
 
 
 def _human(n: float) -> str:
@@ -189,7 +210,9 @@ def build_model_card(
             pruned_stats = model_stats(model)
         except Exception:  # noqa: BLE001 - FLOPs are optional in a card; params always work
             pruned_stats = {"params": count_parameters(model)}
-    pipeline_tag = infer_pipeline_tag(config_dict, type(model).__name__ if isinstance(model, nn.Module) else None)
+    found = _family(model)
+    auto_class = found[0].auto_class(found[1]) if found else None
+    pipeline_tag = infer_pipeline_tag(auto_class)
     base_model = record.get("base_model")
     model_type = config_dict.get("model_type")
     stored = {
@@ -219,16 +242,8 @@ def build_model_card(
     body += _stats_section(stored["original_stats"], stored["pruned_stats"])
     body += _setup_section(record)
     body += _metrics_section(stored["metrics"])
-    auto_class = _AUTO_CLASSES.get(pipeline_tag or "", "AutoModel")
+    body += _usage_section(found, auto_class, repo_id or "path/to/this/model")
     body += [
-        "## Usage",
-        "",
-        "```python",
-        f"from transformers import {auto_class}",
-        "",
-        f'model = {auto_class}.from_pretrained("{repo_id or "path/to/this/model"}")',
-        "```",
-        "",
         "Pruned widths change the function; UP-ViTs recovers accuracy by fine-tuning with distillation "
         "from the original model.",
         "",
@@ -293,7 +308,6 @@ def write_model_card(
             pruned_stats = {"params": params} if params is not None else None
     source = model if model is not None else json.loads(config_file.read_text(encoding="utf-8"))
     card = build_model_card(source, metrics, original_stats, pruned_stats, repo_id=repo_id)
-    tmp = readme.with_name(".README.md.tmp")
-    card.save(tmp)
-    os.replace(tmp, readme)
+    with atomic_path(readme, overwrite=True) as tmp:  # the card is refreshed in place, never half-written
+        card.save(tmp)
     return readme

@@ -13,8 +13,18 @@ from .adapters import Widths, adapter_for
 from .depth import remove_unit, source_blocks
 from .reconstruct import reconstruct as reconstruct_maps
 from .record import RECORD_KEY, updated_record
-from .scores import BlockScores, ImportanceScores
-from .scoring import METHODS, ExactKLScorer, magnitude_scores, random_scores
+from .scores import BlockScores, ImportanceScores, model_identity
+from .scoring import (
+    COMPONENTS,
+    DEFAULT_LABELS_PER_INPUT,
+    METHODS,
+    ChannelSubset,
+    ExactKLScorer,
+    FisherScorer,
+    magnitude_scores,
+    random_scores,
+    refine_scores,
+)
 from .scoring.blocks import BlockKLScorer
 from .surgery import StateDict, keep_channels, scale_channels
 from .targets import PruningPlan, PruningTarget
@@ -41,26 +51,80 @@ class UPPruner:
         variants_per_pass: int = 16,
         seed: int = 0,
         show_progress: bool = True,
+        labels_per_input: int = DEFAULT_LABELS_PER_INPUT,
+        exact_components: Iterable[str] = ("residual", "attention"),
     ) -> ImportanceScores:
         """Channel importance of all three components.
 
         `proxy` is any iterable of dict batches of model inputs (a DataLoader, a list; labels are
-        ignored). `method="kl"` is the paper's exact criterion; `"magnitude"` (L1 norm of the weights a
-        channel touches) and `"random"` (seeded) are baselines that need no data.
+        ignored). `method="kl"` is the paper's exact criterion; `"fisher"` its second-order estimate from one
+        forward and `labels_per_input` backward passes (labels from the model's own output per input, or per
+        token for language models; exact once it covers every class; see `scoring.fisher`); `"hybrid"` exact
+        KL for `exact_components` and Fisher for the others; `"magnitude"` (L1 norm of the weights a channel
+        touches) and `"random"` (seeded) are baselines that need no data.
         """
-        if method == "kl":
+        if method in ("kl", "fisher", "hybrid"):
             if proxy is None:
-                raise ValueError("method='kl' needs a proxy set: an iterable of dict batches of model inputs")
+                raise ValueError(f"method={method!r} needs a proxy set: an iterable of dict batches of model inputs")
+            if method == "hybrid" and iter(proxy) is proxy:  # two passes: a one-shot iterator is kept
+                proxy = list(proxy)
+        if method == "kl":
             scores = ExactKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy)
+        elif method == "fisher":
+            scores = FisherScorer(self.adapter, labels_per_input, seed, show_progress).score(proxy)
+        elif method == "hybrid":
+            scores = self._hybrid(proxy, exact_components, variants_per_pass, seed, show_progress, labels_per_input)
         elif method == "magnitude":
             scores = magnitude_scores(self.adapter)
         elif method == "random":
             scores = random_scores(self.adapter, seed)
         else:
             raise ValueError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
-        scores.meta.update(model=self.model.name_or_path or type(self.model).__name__,
+        scores.meta.update(model=model_identity(self.model),
                            widths=self.adapter.widths.as_dict())
         return scores
+
+    def _hybrid(self, proxy, exact_components: Iterable[str], variants_per_pass: int, seed: int,
+                show_progress: bool, labels_per_input: int) -> ImportanceScores:
+        """Exact KL for `exact_components`, Fisher for the rest (FFN channels are most of the exact cost, and
+        there Fisher ranks almost exactly)."""
+        exact_components = tuple(exact_components)
+        subset = ChannelSubset.full(self.adapter.widths, exact_components)
+        fisher = FisherScorer(self.adapter, labels_per_input, seed, show_progress).score(proxy)
+        exact = ExactKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy, channels=subset)
+        pick = lambda name: exact if name in exact_components else fisher  # noqa: E731
+        return ImportanceScores(
+            residual=pick("residual").residual, attention=pick("attention").attention, ffn=pick("ffn").ffn,
+            meta={"method": "hybrid", "proxy_size": exact.meta["proxy_size"],
+                  "components": {name: "kl" if name in exact_components else "fisher" for name in COMPONENTS},
+                  "fisher": fisher.meta, "exact_cost_fraction": subset.cost() / ChannelSubset.full(
+                      self.adapter.widths).cost()},
+        )
+
+    def refine(
+        self,
+        scores: ImportanceScores,
+        target: PruningTarget,
+        proxy: Iterable[Mapping[str, Any]],
+        *,
+        band: float | Mapping[str, float] = 0.1,
+        variants_per_pass: int = 16,
+        show_progress: bool = True,
+    ) -> ImportanceScores:
+        """`scores` (e.g. Fisher) with exact KL for the channels whose rank lies within `band` of the cut that
+        `target` makes: ±⌈band·width⌉ ranks around each component's keep threshold (per merged head group
+        for attention). `band` is one fraction or {"residual": F, "attention": F, "ffn": F}.
+
+        Pruning to `target` with the result keeps every channel ranked above the band, picks the rest of the
+        band by exact KL, and none below it. `meta` records the exact channels and the fraction of the full
+        exact cost spent; band >= 1 gives the exact scores.
+        """
+        if proxy is None:
+            raise ValueError("refine needs a proxy set: an iterable of dict batches of model inputs")
+        refined = refine_scores(self.adapter, scores, self.check_target(target), proxy, band, variants_per_pass,
+                                show_progress)
+        refined.meta.update(model=model_identity(self.model), widths=self.adapter.widths.as_dict())
+        return refined
 
     def check_target(self, target: PruningTarget) -> Widths:
         """The widths `target` gives this model; ValueError (saying what is allowed) when it cannot."""
@@ -73,10 +137,13 @@ class UPPruner:
         target: PruningTarget,
         scores: ImportanceScores,
         *,
+        force: bool = False,
         reconstruct: Iterable[Mapping[str, Any]] | None = None,
         show_progress: bool = True,
     ) -> PreTrainedModel:
         """A new model of the same class with the target widths; the original is untouched.
+
+        Scores recording another model or other widths than this one are refused (ValueError) unless `force`.
 
         Keeps the top-scored residual and FFN channels, merges groups of heads and keeps the top
         `head_dim` dims of each group, folds the changed attention scale into the query rows, and
@@ -89,6 +156,8 @@ class UPPruner:
         adapter = self.adapter
         original = adapter.widths
         pruned = self.check_target(target)
+        if not force:
+            scores.check_origin(self.model, original)
         plan = PruningPlan.from_scores(scores, original, pruned)
 
         state: StateDict = adapter.surgery_state()
@@ -132,7 +201,7 @@ class UPPruner:
         if proxy is None:
             raise ValueError("block scores need a proxy set: an iterable of dict batches of model inputs")
         scores = BlockKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy)
-        scores.meta.update(model=self.model.name_or_path or type(self.model).__name__,
+        scores.meta.update(model=model_identity(self.model),
                            widths=self.adapter.widths.as_dict())
         return scores
 

@@ -5,30 +5,57 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .adapters import Widths
 from .atomic import atomic_path
 
 
-def save_scores_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def save_scores_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *,
+                     overwrite: bool = False) -> None:
     """Safetensors written atomically, `meta` as JSON in its metadata (tensors cloned: scores built by hand
-    may share storage, which safetensors refuses)."""
+    may share storage, which safetensors refuses). An existing file is kept unless `overwrite`."""
     tensors = {name: tensor.detach().cpu().clone() for name, tensor in tensors.items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp), metadata={"upvit_meta": json.dumps(meta)})
 
 
 def load_scores_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a scores file; ValueError for a missing, unreadable or non-finite one."""
+    path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise ValueError(f"scores file {str(path)!r} does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("upvit_meta", "{}"))
-    return load_file(str(path)), meta
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("upvit_meta", "{}"))
+        tensors = load_file(str(path))
+    except (SafetensorError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(path)!r} is not a readable scores file: {str(err).splitlines()[0]}") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{str(path)!r} is not an upvit scores file (its metadata is not a JSON object)")
+    check_finite(tensors, str(path))
+    return tensors, meta
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """ValueError naming the first tensors that hold NaN or infinite scores (they would rank arbitrarily)."""
+    bad = [name for name, tensor in tensors.items() if not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ValueError(f"{source} holds NaN or infinite scores in {', '.join(bad[:3])}"
+                         + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
+
+
+def model_identity(model: Any) -> str:
+    """What scores record as their model: the resolved folder of a local model, else its hub id or class name."""
+    name = str(getattr(model, "name_or_path", "") or "")
+    if name and os.path.exists(os.path.expanduser(name)):
+        return str(Path(name).expanduser().resolve())
+    return name or type(model).__name__
 
 
 @dataclass
@@ -54,8 +81,26 @@ class ImportanceScores:
     def num_layers(self) -> int:
         return len(self.ffn)
 
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"residual": self.residual}
+        for name, per_layer in (("attention", self.attention), ("ffn", self.ffn)):
+            tensors.update({f"{name}.{layer}": tensor for layer, tensor in enumerate(per_layer)})
+        return tensors
+
+    def check_origin(self, model: Any, widths: Widths) -> None:
+        """ValueError when the scores record another model (or other widths) than `model`: scores of a
+        different checkpoint with the same shapes would prune it by meaningless rankings."""
+        recorded_model, recorded_widths = self.meta.get("model"), self.meta.get("widths")
+        if recorded_model is not None and recorded_model != model_identity(model):
+            raise ValueError(f"the scores were computed on {recorded_model!r}, not on {model_identity(model)!r} "
+                             "(pass force / --force to use them anyway)")
+        if recorded_widths is not None and recorded_widths != widths.as_dict():
+            raise ValueError(f"the scores were computed on a model with widths {recorded_widths}, this one has "
+                             f"{widths.as_dict()} (pass force / --force to use them anyway)")
+
     def check_matches(self, widths: Widths) -> None:
-        """ValueError unless these scores have the shapes of a model with `widths`."""
+        """ValueError unless these scores are finite and have the shapes of a model with `widths`."""
+        check_finite(self._tensors(), "the scores")
         problems = []
         if tuple(self.residual.shape) != (widths.hidden_size,):
             problems.append(f"residual scores have shape {tuple(self.residual.shape)}, expected ({widths.hidden_size},)")
@@ -72,12 +117,10 @@ class ImportanceScores:
         if problems:
             raise ValueError("scores do not match the model: " + "; ".join(problems))
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Save as safetensors (atomically), with `meta` as JSON in the file's metadata."""
-        tensors = {"residual": self.residual}
-        for name, per_layer in (("attention", self.attention), ("ffn", self.ffn)):
-            tensors.update({f"{name}.{layer}": tensor for layer, tensor in enumerate(per_layer)})
-        save_scores_file(path, tensors, self.meta)
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Save as safetensors (atomically), with `meta` as JSON in the file's metadata; an existing file is
+        refused (ValueError) unless `overwrite`."""
+        save_scores_file(path, self._tensors(), self.meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ImportanceScores:
@@ -85,6 +128,9 @@ class ImportanceScores:
         if "residual" not in tensors:
             raise ValueError(f"{str(path)!r} is not an upvit scores file (no 'residual' tensor)")
         num_layers = sum(1 for key in tensors if key.startswith("ffn."))
+        missing = [key for i in range(num_layers) for key in (f"attention.{i}", f"ffn.{i}") if key not in tensors]
+        if missing:
+            raise ValueError(f"{str(path)!r} is not a complete upvit scores file (missing {', '.join(missing[:3])})")
         return cls(
             residual=tensors["residual"],
             attention=[tensors[f"attention.{i}"] for i in range(num_layers)],
@@ -132,9 +178,10 @@ class BlockScores:
             raise ValueError("there are no block scores to choose from")
         return BlockUnit(int(torch.argmin(self.by_branch())))
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Save as safetensors (atomically), with `meta` as JSON in the file's metadata."""
-        save_scores_file(path, {"block": self.block, "hybrid": self.hybrid}, self.meta)
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Save as safetensors (atomically), with `meta` as JSON in the file's metadata; an existing file is
+        refused (ValueError) unless `overwrite`."""
+        save_scores_file(path, {"block": self.block, "hybrid": self.hybrid}, self.meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BlockScores:

@@ -1,6 +1,13 @@
-"""Model-family adapters. Supporting a new family means adding one adapter class to `ADAPTERS`."""
+"""Model-family adapters and their registry, keyed by `config.model_type`.
+
+Everything outside `adapters/` asks about a family through this registry: which adapter reads a config
+(`adapter_class_for_config`), which one drives a model (`adapter_for`), which class a checkpoint is
+(`load_pretrained`). Supporting a new family means adding one adapter class to `ADAPTERS`.
+"""
 
 from __future__ import annotations
+
+import os
 
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -11,26 +18,59 @@ from .vit import ViTAdapter
 
 ADAPTERS: list[type[ModelAdapter]] = [ViTAdapter, GPT2Adapter, TransfoXLAdapter]
 
+REGISTRY: dict[str, type[ModelAdapter]] = {t: adapter for adapter in ADAPTERS for t in adapter.model_types}
+"""`config.model_type` -> the adapter of that family."""
 
-def _supported_classes() -> str:
+
+def supported_classes() -> str:
+    """The names of every supported model class, for error messages."""
     return ", ".join(cls.__name__ for adapter in ADAPTERS for cls in adapter.model_classes)
+
+
+def adapter_class_for_config(config: PretrainedConfig) -> type[ModelAdapter]:
+    """The adapter of `config.model_type`; ValueError naming the supported model types otherwise."""
+    adapter = REGISTRY.get(getattr(config, "model_type", None))
+    if adapter is None:
+        raise ValueError(
+            f"model_type {getattr(config, 'model_type', None)!r} is not supported; "
+            f"supported model types: {', '.join(REGISTRY)}"
+        )
+    return adapter
 
 
 def adapter_for(model: PreTrainedModel) -> ModelAdapter:
     """The adapter for `model`'s family; ValueError naming the supported classes otherwise."""
-    for adapter in ADAPTERS:
-        if type(model) in adapter.model_classes:
-            return adapter(model)
-    raise ValueError(f"{type(model).__name__} is not supported; supported models: {_supported_classes()}")
+    adapter = REGISTRY.get(getattr(getattr(model, "config", None), "model_type", None))
+    if adapter is None or type(model) not in adapter.model_classes:
+        raise ValueError(f"{type(model).__name__} is not supported; supported models: {supported_classes()}")
+    return adapter(model)
 
 
-def adapter_class_for_config(config: PretrainedConfig) -> type[ModelAdapter]:
-    """The adapter class that reads widths from a config of this `model_type`."""
-    for adapter in ADAPTERS:
-        if config.model_type in adapter.model_types:
-            return adapter
-    known = ", ".join(t for adapter in ADAPTERS for t in adapter.model_types)
-    raise ValueError(f"model_type {config.model_type!r} is not supported; supported model types: {known}")
+def load_pretrained(name_or_path: str | os.PathLike, config: PretrainedConfig | None = None,
+                    **kwargs) -> PreTrainedModel:
+    """`from_pretrained` with the class the checkpoint was saved as (`config.architectures`), so no head is
+    dropped or re-initialized; ValueError for a class no adapter supports (naming the supported ones)."""
+    if config is None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(name_or_path)
+    adapter = REGISTRY.get(getattr(config, "model_type", None))
+    model_class = adapter.model_class_for_config(config) if adapter is not None else None
+    if model_class is None:
+        name = (getattr(config, "architectures", None) or [f"model_type {getattr(config, 'model_type', None)!r}"])[0]
+        raise ValueError(f"{name} is not supported; supported models: {supported_classes()}")
+    return model_class.from_pretrained(name_or_path, config=config, **kwargs)
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "ParamSlice", "RefitMap", "Widths", "adapter_class_for_config", "adapter_for"]
+__all__ = [
+    "ADAPTERS",
+    "REGISTRY",
+    "ModelAdapter",
+    "ParamSlice",
+    "RefitMap",
+    "Widths",
+    "adapter_class_for_config",
+    "adapter_for",
+    "load_pretrained",
+    "supported_classes",
+]

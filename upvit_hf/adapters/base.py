@@ -8,6 +8,11 @@ adding one adapter file. An adapter answers three questions:
   cache the input of any branch and run only the suffix;
 * where to tap the activations to mask a channel (writers into the residual stream, LayerNorms, the
   attention q/k/v outputs, the FFN activations) and which config keys hold the widths.
+
+It is also the one place the rest of the package asks about a family (the CLI, model cards, evaluation,
+recipes): which model classes it supports, whether it reads images or text, whether it carries memories, which
+config keys hold its input shape and context length. The registry in `upvit_hf.adapters` finds the adapter
+of a config by its `model_type`.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
 Context = dict[str, Any]
 """Per-batch tensors the pieces share (attention masks, position ids); batch-first."""
@@ -94,13 +100,31 @@ class RefitMap:
             self.bias.copy_(bias.to(self.bias))
 
 
+def _mapped_classes(auto: type, config_class: type[PretrainedConfig]) -> tuple[type, ...]:
+    """The model classes an Auto class maps `config_class` to (transformers' auto mappings; several where the
+    Auto class picks among them by `config.architectures`)."""
+    mapping = getattr(auto, "_model_mapping", None)
+    try:
+        mapped = () if mapping is None else mapping[config_class]
+    except KeyError:
+        return ()
+    return mapped if isinstance(mapped, tuple) else (mapped,)
+
+
 class ModelAdapter(ABC):
     """Family knowledge for one kind of model; see the module docstring."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
-    """`config.model_type` values this adapter reads widths for."""
+    """`config.model_type` values this adapter reads widths for (the registry's keys)."""
     model_classes: ClassVar[tuple[type[PreTrainedModel], ...]] = ()
-    """Model classes this adapter can score and prune."""
+    """Model classes this adapter can score and prune; a checkpoint naming another class is refused."""
+    modality: ClassVar[str]
+    """"image" (inputs are `pixel_values`) or "text" (inputs are `input_ids`)."""
+    uses_memory: ClassVar[bool] = False
+    """True where the forward carries memories across segments (`mems`, Transformer-XL)."""
+    needs_remote_code: ClassVar[bool] = False
+    """True where transformers itself has no such model: it loads only after `import upvit_hf` (which registers
+    our implementation with the Auto classes) or with `trust_remote_code=True`."""
     half_block_prefixes: ClassVar[tuple[tuple[str, ...], tuple[str, ...]]] = ((), ())
     """State-dict key prefixes, relative to a block, of its attention half and of its FFN half."""
     head_dim_follows_hidden: ClassVar[bool] = False
@@ -115,6 +139,16 @@ class ModelAdapter(ABC):
             self._param_names.setdefault(id(param), []).append(name)
 
     # ------------------------------------------------------------------ config
+    def memory_settings(self, *, mem_len: int, clamp_len: int, same_length: bool) -> AbstractContextManager:
+        """Temporarily evaluate with these memory settings (only for families with `uses_memory`)."""
+        raise ValueError(f"{type(self.model).__name__} carries no memories")
+
+    @classmethod
+    def legacy_tokenizer(cls, name_or_path: str) -> Any | None:
+        """A tokenizer converted from files an older transformers saved, for a model `AutoTokenizer` cannot
+        load a tokenizer for; None where the family has no such files."""
+        return None
+
     @classmethod
     @abstractmethod
     def read_widths(cls, config: PretrainedConfig) -> Widths:
@@ -124,6 +158,70 @@ class ModelAdapter(ABC):
     @abstractmethod
     def write_widths(cls, config: PretrainedConfig, widths: Widths) -> None:
         """Set the family's config keys (in place) so a stock model of `widths` is built from it."""
+
+    @classmethod
+    def max_positions(cls, config: PretrainedConfig) -> int | None:
+        """The longest input sequence the config allows; None where it sets no limit (or has no sequence input)."""
+        return None
+
+    @classmethod
+    def image_size(cls, config: PretrainedConfig) -> tuple[int, int]:
+        """(height, width) of the images an image model takes."""
+        size = config.image_size
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @classmethod
+    def num_channels(cls, config: PretrainedConfig) -> int:
+        """Channels of the images an image model takes (1 for greyscale models, 3 for RGB)."""
+        return config.num_channels
+
+    @classmethod
+    def vocab_size(cls, config: PretrainedConfig) -> int:
+        """Number of token ids a text model takes."""
+        return config.vocab_size
+
+    @classmethod
+    def dummy_inputs(
+        cls,
+        config: PretrainedConfig,
+        batch_size: int = 1,
+        *,
+        seq_len: int = 128,
+        image_size: int | tuple[int, int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> dict[str, torch.Tensor]:
+        """Random inputs of the config's shape: `pixel_values` for image models, `input_ids` (`seq_len` capped at
+        `max_positions`) for text models; for FLOP counts and throughput."""
+        if cls.modality == "image":
+            size = image_size if image_size is not None else cls.image_size(config)
+            height, width = (size, size) if isinstance(size, int) else size
+            shape = (batch_size, cls.num_channels(config), height, width)
+            return {"pixel_values": torch.randn(shape, device=device, dtype=dtype)}
+        seq_len = min(seq_len, cls.max_positions(config) or seq_len)
+        return {"input_ids": torch.randint(0, cls.vocab_size(config), (batch_size, seq_len), device=device)}
+
+    @classmethod
+    def model_class_for_config(cls, config: PretrainedConfig) -> type[PreTrainedModel] | None:
+        """The class a checkpoint of `config` was saved as (`config.architectures[0]`) if this family supports
+        it, else None (loading another class would drop or re-initialize heads). A config without
+        `architectures` describes the backbone: the class `AutoModel` maps it to."""
+        backbones = _mapped_classes(AutoModel, type(config))
+        names = getattr(config, "architectures", None) or [c.__name__ for c in backbones]
+        return next((c for c in cls.model_classes if names and c.__name__ == names[0]), None)
+
+    @classmethod
+    def auto_class(cls, model_class: type[PreTrainedModel]) -> type | None:
+        """The transformers Auto class that loads `model_class` from its config (transformers' own auto
+        mappings, including classes registered with them, such as our Transformer-XL); None if none does."""
+        from transformers.models.auto import modeling_auto
+
+        autos = [getattr(modeling_auto, n) for n in dir(modeling_auto) if n.startswith("AutoModel")]
+        # the specific heads first, AutoModel (backbones) last
+        for auto in sorted(autos, key=lambda a: a is AutoModel):
+            if model_class in _mapped_classes(auto, model_class.config_class):
+                return auto
+        return None
 
     @property
     def widths(self) -> Widths:

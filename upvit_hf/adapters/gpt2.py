@@ -20,7 +20,13 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel, GPT2Model, PretrainedConfig
+from transformers import (
+    GPT2DoubleHeadsModel,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    GPT2Model,
+    PretrainedConfig,
+)
 from transformers.masking_utils import create_causal_mask
 
 from .base import Branch, Context, ModelAdapter, ParamSlice, RefitMap, Widths
@@ -28,7 +34,8 @@ from .base import Branch, Context, ModelAdapter, ParamSlice, RefitMap, Widths
 
 class GPT2Adapter(ModelAdapter):
     model_types = ("gpt2",)
-    model_classes = (GPT2LMHeadModel, GPT2Model, GPT2ForSequenceClassification)
+    model_classes = (GPT2LMHeadModel, GPT2Model, GPT2ForSequenceClassification, GPT2DoubleHeadsModel)
+    modality = "text"
     required_inputs = ("input_ids",)
     optional_inputs = ("attention_mask", "position_ids", "token_type_ids")
     half_block_prefixes = (("ln_1.", "attn."), ("ln_2.", "mlp."))
@@ -40,11 +47,24 @@ class GPT2Adapter(ModelAdapter):
                 f"{type(model).__name__} with add_cross_attention=True is not supported: only decoder-only "
                 "GPT-2 models (no cross-attention layers) can be scored and pruned"
             )
+        config = model.config
+        if isinstance(model, GPT2DoubleHeadsModel) and not (
+            config.summary_use_proj and config.summary_proj_to_labels and config.num_labels > 0
+        ):
+            raise ValueError(
+                "GPT2DoubleHeadsModel is supported with a multiple-choice summary projecting to the labels only "
+                "(summary_use_proj=True, summary_proj_to_labels=True, num_labels > 0); another summary keeps the "
+                "hidden size, whose channels would be pruned"
+            )
         super().__init__(model)
         self.backbone: GPT2Model = model if isinstance(model, GPT2Model) else model.transformer
         self.layers = self.backbone.h
 
     # ------------------------------------------------------------------ config
+    @classmethod
+    def max_positions(cls, config: PretrainedConfig) -> int | None:
+        return config.n_positions
+
     @classmethod
     def read_widths(cls, config: PretrainedConfig) -> Widths:
         hidden, heads = config.n_embd, config.n_head
@@ -84,12 +104,15 @@ class GPT2Adapter(ModelAdapter):
     def _head_weights(self) -> list[torch.Tensor]:
         """Head weights reading the residual stream (input columns), each parameter once."""
         model = self.model
-        if isinstance(model, GPT2LMHeadModel):
+        heads = []
+        if isinstance(model, (GPT2LMHeadModel, GPT2DoubleHeadsModel)):
             head = model.lm_head.weight
-            return [] if head is self.backbone.wte.weight else [head]  # tied: already named via wte
+            heads += [] if head is self.backbone.wte.weight else [head]  # tied: already named via wte
+        if isinstance(model, GPT2DoubleHeadsModel):
+            heads.append(model.multiple_choice_head.summary.weight)
         if isinstance(model, GPT2ForSequenceClassification):
-            return [model.score.weight]
-        return []
+            heads.append(model.score.weight)
+        return heads
 
     def residual_slices(self) -> list[ParamSlice]:
         # nn.Embedding / nn.Linear heads: [*, hidden] -> axis 1; Conv1D [in, out].
@@ -175,7 +198,7 @@ class GPT2Adapter(ModelAdapter):
             config=self.backbone.config,
             inputs_embeds=hidden,
             attention_mask=context.get("attention_mask"),
-            past_key_values=None,
+            cache=None,
             position_ids=context.get("position_ids"),
         )
 
@@ -201,7 +224,8 @@ class GPT2Adapter(ModelAdapter):
             last = hidden[torch.arange(hidden.shape[0], device=hidden.device), context["last_token"]]
             return model.score(self.backbone.ln_f(last))
         hidden = self.backbone.ln_f(hidden)
-        return model.lm_head(hidden) if isinstance(model, GPT2LMHeadModel) else hidden
+        # GPT2DoubleHeadsModel: the language-model distribution (its multiple-choice head has one logit per choice)
+        return model.lm_head(hidden) if isinstance(model, (GPT2LMHeadModel, GPT2DoubleHeadsModel)) else hidden
 
     def token_weights(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         if isinstance(self.model, GPT2ForSequenceClassification):

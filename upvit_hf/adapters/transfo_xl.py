@@ -31,13 +31,16 @@ Layout facts this adapter relies on:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import PretrainedConfig, PreTrainedTokenizerFast
+from transformers.utils import cached_file
 
 from ..models.transfo_xl import TransfoXLLMHeadModel, TransfoXLModel
+from ..models.transfo_xl.tokenization_transfo_xl import VOCAB_FILE, convert_vocab
 from .base import Branch, Context, ModelAdapter, ParamSlice, RefitMap, Widths
 
 R_BIASES = ("r_w_bias", "r_r_bias")
@@ -55,8 +58,31 @@ def _unique(params: list[torch.Tensor | None]) -> list[torch.Tensor]:
 class TransfoXLAdapter(ModelAdapter):
     model_types = ("transfo-xl",)
     model_classes = (TransfoXLLMHeadModel, TransfoXLModel)
+    modality = "text"
+    uses_memory = True
+    needs_remote_code = True  # removed from transformers 5: our implementation, registered by `import upvit_hf`
     required_inputs = ("input_ids",)
     optional_inputs = ("attention_mask",)
+
+    @contextmanager
+    def memory_settings(self, *, mem_len: int, clamp_len: int, same_length: bool) -> Iterator[None]:
+        """Evaluate with these memory settings (the model reads them from its config on every forward)."""
+        config = self.model.config
+        wanted = {"mem_len": mem_len, "clamp_len": clamp_len, "same_length": same_length}
+        saved = {key: getattr(config, key) for key in wanted}
+        for key, value in wanted.items():
+            setattr(config, key, value)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                setattr(config, key, value)
+
+    @classmethod
+    def legacy_tokenizer(cls, name_or_path: str) -> PreTrainedTokenizerFast | None:
+        """The tokenizer of a 4.x checkpoint's ``vocab.pkl`` (read with a restricted unpickler), if it has one."""
+        vocab = cached_file(name_or_path, VOCAB_FILE, _raise_exceptions_for_missing_entries=False)
+        return None if vocab is None else convert_vocab(vocab)
     half_block_prefixes = (("dec_attn.",), ("pos_ff.",))
 
     def __init__(self, model):

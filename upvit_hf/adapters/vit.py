@@ -1,5 +1,10 @@
 """ViT and DeiT (transformers 5): the backbone is `model.vit` / `model.deit` with `layers[i]` holding
-`attention.{q,k,v,o}_proj`, `layernorm_before/after` and `mlp.fc1/fc2`; the config honours `head_dim`."""
+`attention.{q,k,v,o}_proj`, `layernorm_before/after` and `mlp.fc1/fc2`; the config honours `head_dim`.
+
+Heads: `classifier` (image classification), `cls_classifier` + `distillation_classifier` (DeiT with teacher),
+`pooler.dense` (backbones), `decoder.0` (masked image modeling: a 1×1 convolution from the hidden size to
+`encoder_stride²·num_channels` pixels; it reconstructs pixels, so there is no distribution to score).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,11 @@ from torch import nn
 from transformers import (
     DeiTForImageClassification,
     DeiTForImageClassificationWithTeacher,
+    DeiTForMaskedImageModeling,
     DeiTModel,
     PretrainedConfig,
     ViTForImageClassification,
+    ViTForMaskedImageModeling,
     ViTModel,
 )
 
@@ -27,7 +34,10 @@ class ViTAdapter(ModelAdapter):
         DeiTForImageClassification,
         DeiTForImageClassificationWithTeacher,
         DeiTModel,
+        ViTForMaskedImageModeling,
+        DeiTForMaskedImageModeling,
     )
+    modality = "image"
     required_inputs = ("pixel_values",)
     half_block_prefixes = (("layernorm_before.", "attention."), ("layernorm_after.", "mlp."))
 
@@ -63,13 +73,15 @@ class ViTAdapter(ModelAdapter):
             return [model.cls_classifier, model.distillation_classifier]
         if isinstance(model, (ViTModel, DeiTModel)):
             return [model.pooler.dense] if model.pooler is not None else []
+        if isinstance(model, (ViTForMaskedImageModeling, DeiTForMaskedImageModeling)):
+            return [model.decoder[0]]
         return [model.classifier]
 
     def residual_slices(self) -> list[ParamSlice]:
         emb = self.backbone.embeddings
         tokens = [emb.cls_token, getattr(emb, "distillation_token", None), emb.position_embeddings, emb.mask_token]
         out_rows = [emb.patch_embeddings.projection.weight, emb.patch_embeddings.projection.bias]
-        in_cols = [head.weight for head in self._heads() if isinstance(head, nn.Linear)]
+        in_cols = [head.weight for head in self._heads()]  # Linear [out, hidden], Conv2d [out, hidden, 1, 1]
         for layer in self.layers:
             attn, mlp = layer.attention, layer.mlp
             out_rows += [attn.o_proj.weight, attn.o_proj.bias, mlp.fc2.weight, mlp.fc2.bias]
@@ -95,10 +107,11 @@ class ViTAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ running in pieces
     def check_scorable(self) -> None:
-        if isinstance(self.model, (ViTModel, DeiTModel)):
+        if isinstance(self.model, (ViTModel, DeiTModel, ViTForMaskedImageModeling, DeiTForMaskedImageModeling)):
+            what = "reconstructs pixels" if hasattr(self.model, "decoder") else "is a headless backbone"
             raise ValueError(
-                f"{type(self.model).__name__} is a headless backbone with no output distribution to score; "
-                "score the model with its classification head (its channel scores prune the backbone too)"
+                f"{type(self.model).__name__} {what}: it has no output distribution to score; score the model with "
+                "its classification head (its channel scores prune this model too) or use the magnitude criterion"
             )
 
     def embed(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Context]:

@@ -1,4 +1,4 @@
-"""The `upvit` command line: score, prune, distill, evaluate, push, demo.
+"""The `upvit` command line: convert-vocab, score, prune, distill, evaluate, push, demo.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback, and leaves no output behind.
 """
@@ -8,13 +8,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo, distill, evaluate, prune, push, score
+from . import convert_vocab, demo, distill, evaluate, prune, push, score
 
-SUBCOMMANDS = (score, prune, distill, evaluate, push, demo)
+SUBCOMMANDS = (convert_vocab, score, prune, distill, evaluate, push, demo)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors (a missing or malformed argument) are one line too, pointing at `--help`."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="upvit", description="UP-ViTs structured pruning for Hugging Face models. `upvit CMD --help` for more."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

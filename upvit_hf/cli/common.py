@@ -8,32 +8,48 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageClassification,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, PreTrainedModel
 
-from ..adapters import adapter_for
+from ..adapters import adapter_class_for_config, load_pretrained
+from ..atomic import atomic_path, check_output
 from ..evaluation.complexity import max_positions
-from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_image_dataset, load_text
-from ..proxy import image_proxy, text_proxy
+from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_split, model_channels, text_documents
+from ..model_io import load_processor
+from ..proxy import document_proxy, image_proxy
+from ..scoring import DEFAULT_LABELS_PER_INPUT, METHODS
 from ..targets import PruningTarget
-
-AUTO_CLASS_BY_SUFFIX = (
-    (("ForImageClassification", "ForImageClassificationWithTeacher"), AutoModelForImageClassification),
-    (("LMHeadModel", "ForCausalLM"), AutoModelForCausalLM),
-    (("ForSequenceClassification",), AutoModelForSequenceClassification),
-)
 
 
 class CLIError(ValueError):
     """Bad input to the command line: reported as one line on stderr, exit code 2."""
+
+
+def positive_int(value: str) -> int:
+    """argparse type of sizes and counts: a zero batch size or proxy size is a mistake, not a request."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def path_arg(value: str) -> str:
+    """argparse type of paths (and hub ids): `~` expanded, as a shell would outside quotes."""
+    return os.path.expanduser(value)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--output", type=path_arg, required=True, help=help)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing, non-empty --output (only once the new output is complete)")
+
+
+def check_output_argument(path: str | os.PathLike | None, overwrite: bool) -> None:
+    """Refuse an existing, non-empty output before any work (the write itself checks again)."""
+    if path is not None:
+        check_output(path, overwrite=overwrite, flag="--overwrite")
 
 
 def load_config(name_or_path: str):
@@ -47,70 +63,85 @@ def load_config(name_or_path: str):
 
 
 def load_model(name_or_path: str) -> PreTrainedModel:
-    """The model with the Auto class its saved architecture names (classifier, causal LM, or backbone)."""
-    config = load_config(name_or_path)
-    architecture = (getattr(config, "architectures", None) or [""])[0]
-    auto = next((auto for suffixes, auto in AUTO_CLASS_BY_SUFFIX if architecture.endswith(suffixes)), AutoModel)
-    return auto.from_pretrained(name_or_path).eval()
+    """The model as the class its checkpoint was saved as (heads kept); one line naming the supported classes
+    for a class no adapter supports."""
+    return load_pretrained(name_or_path, config=load_config(name_or_path)).eval()
 
 
 def modality(model: PreTrainedModel) -> str:
-    """'image' or 'text', from the inputs the model's adapter needs."""
-    return "image" if "pixel_values" in adapter_for(model).required_inputs else "text"
+    """'image' or 'text', as the model's adapter says."""
+    return adapter_class_for_config(model.config).modality
 
 
 def load_preprocessor(name_or_path: str, kind: str) -> Any:
     """The image processor or tokenizer saved with the model."""
     try:
-        if kind == "image":
-            return AutoImageProcessor.from_pretrained(name_or_path)
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        what = "image processor" if kind == "image" else "tokenizer"
-        raise CLIError(f"{name_or_path!r} has no {what}; save one next to the model") from err
+        return load_processor(name_or_path, kind)
+    except ValueError as err:
+        raise CLIError(str(err)) from err
 
 
 def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("proxy set (the samples channels are scored on)")
-    group.add_argument("--dataset", help="datasets name, save_to_disk folder, imagefolder, or text file/folder "
-                                         "(default: imagenet-1k for image models, wikitext for language models)")
+    group.add_argument("--dataset", type=path_arg,
+                       help="datasets name (streamed), save_to_disk folder, imagefolder, or text file/folder "
+                            "(default: imagenet-1k for image models, wikitext for language models)")
     group.add_argument("--dataset-config", default=None, help=f"datasets config (text default: {DEFAULT_TEXT_CONFIG})")
     group.add_argument("--split", default="train", help="split the proxy set is sampled from (default: train)")
     group.add_argument("--column", default=None, help="image or text column (default: image / text)")
-    group.add_argument("--proxy-size", type=int, default=2000, help="samples (images or sequences; default 2000)")
-    group.add_argument("--seq-len", type=int, default=512, help="tokens per proxy sequence (language models)")
-    group.add_argument("--batch-size", type=int, default=32, help="proxy samples per forward pass (default 32)")
+    group.add_argument("--proxy-size", type=positive_int,
+                       default=2000, help="samples (images or sequences; default 2000)")
+    group.add_argument("--seq-len", type=positive_int,
+                       default=512, help="tokens per proxy sequence (language models)")
+    group.add_argument("--batch-size", type=positive_int,
+                       default=32, help="proxy samples per forward pass (default 32)")
     group.add_argument("--seed", type=int, default=0, help="seed of the proxy sample and of --method random")
-    group.add_argument("--method", default="kl", choices=("kl", "magnitude", "random"),
-                       help="importance criterion: kl (the paper's, exact) or a baseline")
-    group.add_argument("--variants-per-pass", type=int, default=16,
+    group.add_argument("--method", default="kl", choices=METHODS,
+                       help="importance criterion: kl (the paper's, exact), fisher (its fast second-order "
+                            "estimate), hybrid (exact for residual and attention, Fisher for FFN) or a baseline")
+    group.add_argument("--labels-per-input", type=positive_int, default=DEFAULT_LABELS_PER_INPUT, metavar="K",
+                       help="fisher/hybrid: labels from the model's own output per input (per token for language "
+                            f"models), one backward pass each (default {DEFAULT_LABELS_PER_INPUT})")
+    group.add_argument("--variants-per-pass", type=positive_int, default=16,
                        help="channel removals evaluated per forward pass; bounds memory (default 16)")
 
 
+def needs_proxy(method: str) -> bool:
+    """Whether a scoring method reads a proxy set (the baselines need no data)."""
+    return method in ("kl", "fisher", "hybrid")
+
+
+def score_with_arguments(pruner, args: argparse.Namespace, proxy):
+    """`pruner.score` with the method options of the proxy arguments."""
+    return pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass, seed=args.seed,
+                        labels_per_input=args.labels_per_input)
+
+
 def build_proxy(args: argparse.Namespace, model_name: str, model: PreTrainedModel) -> list[dict]:
-    """The proxy batches named by the proxy arguments."""
+    """The proxy batches named by the proxy arguments: a Hub dataset is streamed (only the proxy samples and a
+    shuffle buffer are read), text is tokenized document by document until enough tokens are collected."""
     kind = modality(model)
     preprocessor = load_preprocessor(model_name, kind)
     if kind == "image":
-        dataset = load_image_dataset(args.dataset or "imagenet-1k", args.split, config_name=args.dataset_config)
+        dataset = load_split(args.dataset or "imagenet-1k", args.split, config_name=args.dataset_config,
+                             streaming=True)
         return image_proxy(dataset, preprocessor, size=args.proxy_size, seed=args.seed, batch_size=args.batch_size,
-                           image_column=args.column or "image")
+                           image_column=args.column or "image", num_channels=model_channels(model))
     context = max_positions(model)
     if context is not None and args.seq_len > context:
         raise CLIError(f"--seq-len {args.seq_len} exceeds the model's context of {context} tokens")
-    text = load_text(args.dataset or "wikitext", args.dataset_config or DEFAULT_TEXT_CONFIG, args.split,
-                     text_column=args.column or "text")
-    token_ids = preprocessor(text, return_tensors="pt")["input_ids"][0]
-    return text_proxy(token_ids, size=args.proxy_size, seq_len=args.seq_len, seed=args.seed,
-                      batch_size=args.batch_size)
+    documents = text_documents(args.dataset or "wikitext", args.dataset_config or DEFAULT_TEXT_CONFIG, args.split,
+                               text_column=args.column or "text", seed=args.seed)
+    return document_proxy(documents, preprocessor, size=args.proxy_size, seq_len=args.seq_len, seed=args.seed,
+                          batch_size=args.batch_size)
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("target widths (the same in every layer)")
-    group.add_argument("--hidden-size", type=int, help="residual width")
-    group.add_argument("--num-heads", type=int, help="attention heads (must divide the current count)")
-    group.add_argument("--intermediate-size", type=int, help="FFN width")
-    group.add_argument("--head-dim", type=int, help="dims per head (default hidden-size // num-heads)")
+    group.add_argument("--hidden-size", type=positive_int, help="residual width")
+    group.add_argument("--num-heads", type=positive_int, help="attention heads (must divide the current count)")
+    group.add_argument("--intermediate-size", type=positive_int, help="FFN width")
+    group.add_argument("--head-dim", type=positive_int, help="dims per head (default hidden-size // num-heads)")
     group.add_argument("--ratio", type=float, help="keep this fraction of every component instead")
 
 
@@ -129,8 +160,6 @@ def target_from_arguments(args: argparse.Namespace, config) -> PruningTarget | N
     return PruningTarget(*widths, head_dim=args.head_dim)
 
 
-def write_json(path: str | os.PathLike, payload: dict) -> None:
-    from ..atomic import atomic_path
-
-    with atomic_path(path) as tmp:
+def write_json(path: str | os.PathLike, payload: dict, *, overwrite: bool = False) -> None:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         Path(tmp).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
             print(EXAMPLE)
             return
         raise CLIError("--student is required (a pruned model folder or hub id)")
-    if "pixel_values" in adapter_class_for_config(load_config(student)).required_inputs:
+    if adapter_class_for_config(load_config(student)).modality == "image":
         from ..recipes.image_distillation import main as recipe
     else:
         from ..recipes.lm_distillation import main as recipe

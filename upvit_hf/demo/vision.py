@@ -60,7 +60,7 @@ def run_vision(output_dir: Path, recipe: VisionRecipe, show_progress: bool = Tru
         acc, seed_notes, teacher, student = compare(
             lambda: ViTForImageClassification(teacher_config(recipe)),
             train_set,
-            lambda: image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, image_mode="L"),
+            lambda: image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, num_channels=1),
             lambda model: accuracy(model, splits),
             recipe, seed, stages, variants_per_pass=32, stage_prefix=f"seed {seed}: ",
         )

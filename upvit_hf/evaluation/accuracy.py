@@ -10,21 +10,11 @@ import torch
 from datasets import Dataset, IterableDataset
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import AutoImageProcessor
 from transformers.utils.logging import tqdm
 
-from .data import check_columns
+from ..model_io import load_processor, model_device, model_dtype
+from .data import check_columns, convert_images, model_channels
 from .metrics import TopKAccuracy
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    param = next(model.parameters(), None)
-    return param.dtype if param is not None else torch.float32
 
 
 def resolve_image_processor(model: nn.Module, processor: Any | None = None) -> Any:
@@ -34,10 +24,7 @@ def resolve_image_processor(model: nn.Module, processor: Any | None = None) -> A
     source = getattr(getattr(model, "config", None), "_name_or_path", "") or getattr(model, "name_or_path", "")
     if not source:
         raise ValueError("The model has no name_or_path to load an image processor from; pass processor=...")
-    try:
-        return AutoImageProcessor.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"Could not load an image processor for {source!r} ({err}); pass processor=...") from err
+    return load_processor(source, "image")
 
 
 @dataclass
@@ -47,19 +34,14 @@ class _ImageCollator:
     processor: Any
     image_column: str
     label_column: str
-    image_mode: str | None
+    num_channels: int
 
     def __call__(self, examples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = [self._convert(example[self.image_column]) for example in examples]
+        check_columns(examples[0], [self.image_column, self.label_column])
+        images = convert_images([example[self.image_column] for example in examples], self.num_channels)
         labels = torch.tensor([int(example[self.label_column]) for example in examples], dtype=torch.long)
         pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
         return pixel_values, labels
-
-    def _convert(self, image: Any) -> Any:
-        # ImageNet holds some greyscale/CMYK JPEGs; processors expect the model's channel count.
-        if self.image_mode is not None and hasattr(image, "mode") and image.mode != self.image_mode:
-            return image.convert(self.image_mode)
-        return image
 
 
 def evaluate_accuracy(
@@ -88,10 +70,9 @@ def evaluate_accuracy(
             range(min(max_samples, len(dataset)))
         )
     total = len(dataset) if isinstance(dataset, Dataset) else max_samples
-    device = torch.device(device) if device is not None else _model_device(model)
-    dtype = _model_dtype(model)
-    channels = getattr(getattr(model, "config", None), "num_channels", 3)
-    collate = _ImageCollator(processor, image_column, label_column, {3: "RGB", 1: "L"}.get(channels))
+    device = torch.device(device) if device is not None else model_device(model)
+    dtype = model_dtype(model)
+    collate = _ImageCollator(processor, image_column, label_column, model_channels(model))
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
 
     metric = TopKAccuracy()

@@ -15,27 +15,18 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..adapters import adapter_class_for_config
+from ..model_io import model_device, model_dtype
+
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     """Number of parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _input_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    param = next(model.parameters(), None)
-    if param is None:
-        return torch.device("cpu"), torch.float32
-    return param.device, param.dtype
-
-
 def max_positions(model: nn.Module) -> int | None:
-    """The longest sequence the model's config allows, if it says."""
-    config = getattr(model, "config", None)
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    """The longest sequence the model's config allows (None where it sets no limit), as its adapter reads it."""
+    return adapter_class_for_config(model.config).max_positions(model.config)
 
 
 def dummy_inputs(
@@ -45,22 +36,12 @@ def dummy_inputs(
     seq_len: int = 128,
     image_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Random model inputs read off the config: `pixel_values` for vision configs, `input_ids` otherwise.
-
-    `seq_len` is capped at the model's maximum positions so small models still run.
-    """
-    config = getattr(model, "config", None)
-    device, dtype = _input_device_dtype(model)
-    size = image_size or getattr(config, "image_size", None)
-    if size is not None and getattr(config, "num_channels", None) is not None:
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (batch_size, config.num_channels, height, width)
-        return {"pixel_values": torch.randn(shape, device=device, dtype=dtype)}
-    vocab_size = getattr(config, "vocab_size", None)
-    if vocab_size is None:
-        raise ValueError("Cannot build dummy inputs: the config has neither image_size/num_channels nor vocab_size")
-    seq_len = min(seq_len, max_positions(model) or seq_len)
-    return {"input_ids": torch.randint(0, vocab_size, (batch_size, seq_len), device=device)}
+    """Random inputs of the model's shape, on its device: `pixel_values` for image models, `input_ids` for text
+    models (`seq_len` capped at the model's maximum positions so small models still run)."""
+    return adapter_class_for_config(model.config).dummy_inputs(
+        model.config, batch_size, seq_len=seq_len, image_size=image_size, device=model_device(model),
+        dtype=model_dtype(model),
+    )
 
 
 def describe_inputs(inputs: Mapping[str, torch.Tensor]) -> str:

@@ -7,7 +7,6 @@ the window starts the text, and the first token of a window without overlap has 
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,11 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils.logging import tqdm
 
+from ..adapters import adapter_for
+from ..model_io import IGNORE_INDEX, logits_of, model_device
 from .complexity import max_positions
-from .data import DEFAULT_TEXT_CONFIG, DEFAULT_TEXT_DATASET, load_text
+from .data import DEFAULT_TEXT_CONFIG, DEFAULT_TEXT_DATASET, load_text, text_documents
 from .metrics import Perplexity
 
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -75,20 +75,6 @@ def sliding_windows(num_tokens: int, max_length: int, stride: int) -> list[Windo
     return windows
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _logits_of(output: Any) -> torch.Tensor | None:
-    """The per-position scores of a model output (`logits`, or `prediction_scores` of Transformer-XL)."""
-    for name in ("logits", "prediction_scores"):
-        value = output.get(name) if hasattr(output, "get") else getattr(output, name, None)
-        if isinstance(value, torch.Tensor) and value.dim() == 3:
-            return value
-    return None
-
-
 def _summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed NLL (float64) and number of scored tokens of next-token prediction."""
     shift_logits = logits[:, :-1].float()
@@ -136,7 +122,7 @@ def sliding_window_perplexity(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     windows = sliding_windows(len(ids), max_length, stride)
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     metric = Perplexity()
     # Windows of equal length can share a batch; only the last one is usually shorter.
     batches: list[list[Window]] = []
@@ -172,48 +158,35 @@ def mems_perplexity(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> PerplexityResult:
-    """Perplexity with consecutive non-overlapping segments of `tgt_len`, feeding back the model's `mems`.
+    """Perplexity of one token stream read in order in segments of `tgt_len`, feeding back the model's `mems`.
 
-    When the output has logits, every token after the first is scored: a segment's first token is predicted
-    by the last position of the previous segment (as in the original Transformer-XL evaluation). A model that
-    only returns per-token `losses` for `labels` is run that way instead; it then scores what it returns.
+    The segmentation of Transformer-XL's evaluation (4.x ``LMOrderedIterator``, batch 1): segment k feeds tokens
+    [k·tgt_len, k·tgt_len + L) and predicts tokens [k·tgt_len + 1, k·tgt_len + L + 1), L = min(tgt_len, rest), so
+    every token after the first is predicted exactly once, with all earlier text reachable through the memories.
     """
     ids = _as_1d(input_ids)
     if tgt_len < 1:
         raise ValueError(f"tgt_len must be positive, got {tgt_len}")
     if len(ids) < 2:
         raise ValueError(f"Need at least 2 tokens to score, got {len(ids)}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     metric = Perplexity()
-    starts = list(range(0, len(ids), tgt_len))
+    starts = range(0, len(ids) - 1, tgt_len)
     mems: Any = None
-    prev_last: torch.Tensor | None = None
-    use_labels = False
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), tqdm(total=len(starts), desc="perplexity", disable=not progress) as bar:
-            for start in starts:
-                segment = ids[start : start + tgt_len].unsqueeze(0).to(device)
-                kwargs = {} if mems is None else {"mems": mems}
-                output = None if use_labels else model(input_ids=segment, **kwargs)
-                logits = None if output is None else _logits_of(output)
+            for begin in starts:
+                end = min(begin + tgt_len, len(ids) - 1)
+                inputs = ids[begin:end].unsqueeze(0).to(device)
+                output = model(input_ids=inputs, **({} if mems is None else {"mems": mems}))
+                logits = logits_of(output)
                 if logits is None:
-                    use_labels = True
-                    output = model(input_ids=segment, labels=segment, **kwargs)
-                    losses = output.get("losses") if hasattr(output, "get") else getattr(output, "losses", None)
-                    if losses is None:
-                        raise ValueError("The model returned neither logits nor per-token `losses` for labels.")
-                    metric.add(nll=float(losses.double().sum()), num_tokens=int(losses.numel()))
-                else:
-                    nll, count = _summed_nll(logits, segment)
-                    total, n = float(nll.sum()), int(count.sum())
-                    if prev_last is not None:
-                        total += float(F.cross_entropy(prev_last.float(), segment[:, 0], reduction="sum"))
-                        n += 1
-                    if n:
-                        metric.add(nll=total, num_tokens=n)
-                    prev_last = logits[:, -1]
+                    raise ValueError("the model output has no per-position logits")
+                targets = ids[begin + 1 : end + 1].to(logits.device)
+                nll = F.cross_entropy(logits[0].float(), targets, reduction="sum")
+                metric.add(nll=float(nll), num_tokens=len(targets))
                 mems = output.get("mems") if hasattr(output, "get") else getattr(output, "mems", None)
                 bar.update(1)
     finally:
@@ -221,12 +194,19 @@ def mems_perplexity(
     return _result(metric, len(starts))
 
 
-def accepts_mems(model: nn.Module) -> bool:
-    """Whether the model's forward takes `mems` (memory-carrying evaluation applies)."""
-    try:
-        return "mems" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+def line_stream(tokenizer: Any, text: str) -> torch.Tensor:
+    """The WikiText-103 token stream: every line's tokens followed by the end-of-sequence token, in order.
+
+    That is how Transformer-XL's published numbers were computed (each line of ``wiki.test.tokens``, blank ones
+    included, contributes its whitespace tokens and ``<eos>``).
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no end-of-sequence token, which the line-stream protocol appends")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":  # the newline that ends the last line does not start another
+        lines.pop()
+    ids = tokenizer(lines, add_special_tokens=False)["input_ids"] if lines else []
+    return torch.tensor([i for row in ids for i in (*row, tokenizer.eos_token_id)], dtype=torch.long)
 
 
 def evaluate_perplexity(
@@ -240,25 +220,34 @@ def evaluate_perplexity(
     max_length: int | None = None,
     stride: int | None = None,
     batch_size: int = 1,
-    use_mems: bool | None = None,
-    tgt_len: int | None = None,
+    tgt_len: int = 128,
+    mem_len: int = 1600,
+    clamp_len: int = 1000,
+    same_length: bool = True,
     max_tokens: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> PerplexityResult:
-    """Perplexity of a causal LM on WikiText (or a local text file / saved dataset), documents joined by "\\n\\n".
+    """Perplexity of a causal LM on WikiText (or a local text file / saved dataset).
 
-    Models whose forward takes `mems` are evaluated segment by segment with memory (`tgt_len`, default the
-    config's `tgt_len` or 128); others with sliding windows (`max_length` defaults to the model's maximum
-    positions, `stride` to half of it, as in the Hugging Face guide for GPT-2).
+    Models that carry memories (``adapter_for(model).uses_memory``) follow the WikiText-103 protocol of
+    Transformer-XL's published numbers: each row (line) gives its tokens plus end-of-sequence (`line_stream`),
+    one stream read in segments of `tgt_len` with memories of `mem_len` (`mems_perplexity`), relative distances
+    clamped at `clamp_len`, every query seeing the same number of keys (`same_length`). Others read the documents
+    joined by "\\n\\n" with sliding windows (`max_length` defaults to the model's maximum positions, `stride` to
+    half of it, as in the Hugging Face guide for GPT-2).
     """
+    adapter = adapter_for(model)
+    if adapter.uses_memory:
+        rows = text_documents(data, config_name, split, text_column=text_column)  # in order: lines or rows
+        ids = line_stream(tokenizer, "".join(row if row.endswith("\n") else row + "\n" for row in rows))
+        ids = ids if max_tokens is None else ids[:max_tokens]
+        with adapter.memory_settings(mem_len=mem_len, clamp_len=clamp_len, same_length=same_length):
+            return mems_perplexity(model, ids, tgt_len=tgt_len, device=device, progress=progress)
     text = load_text(data, config_name, split, text_column=text_column)
     ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
     if max_tokens is not None:
         ids = ids[:max_tokens]
-    if use_mems if use_mems is not None else accepts_mems(model):
-        tgt_len = tgt_len or getattr(getattr(model, "config", None), "tgt_len", None) or 128
-        return mems_perplexity(model, ids, tgt_len=tgt_len, device=device, progress=progress)
     max_length = max_length or max_positions(model)
     if max_length is None:
         raise ValueError("The model config has no maximum length; pass max_length=...")

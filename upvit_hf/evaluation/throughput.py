@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..adapters import adapter_class_for_config
 from .complexity import dummy_inputs
 
 
@@ -82,9 +83,9 @@ def image_throughput(
     iterations: int = 10,
 ) -> ThroughputResult:
     """Images per second of a vision model on random images of the config's size (on the model's device)."""
+    if adapter_class_for_config(model.config).modality != "image":
+        raise ValueError(f"image_throughput needs an image model, got {type(model).__name__}")
     inputs = dummy_inputs(model, batch_size, image_size=image_size)
-    if "pixel_values" not in inputs:
-        raise ValueError("image_throughput needs a vision config (image_size and num_channels)")
     return measure_throughput(
         model, inputs, items_per_batch=batch_size, unit="images/s", warmup=warmup, iterations=iterations
     )
@@ -99,9 +100,9 @@ def token_throughput(
     iterations: int = 10,
 ) -> ThroughputResult:
     """Tokens per second of a language model on random sequences of `seq_len` (capped at the model's maximum)."""
+    if adapter_class_for_config(model.config).modality != "text":
+        raise ValueError(f"token_throughput needs a text model, got {type(model).__name__}")
     inputs = dummy_inputs(model, batch_size, seq_len=seq_len)
-    if "input_ids" not in inputs:
-        raise ValueError("token_throughput needs a text config (vocab_size)")
     tokens = inputs["input_ids"].numel()
     return measure_throughput(
         model, inputs, items_per_batch=tokens, unit="tokens/s", warmup=warmup, iterations=iterations

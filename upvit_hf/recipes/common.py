@@ -1,13 +1,14 @@
-"""What the distillation recipes share: the student/teacher arguments, the data arguments, and loading any
-dataset source split into train and eval."""
+"""What the distillation recipes share: the student/teacher arguments, the data arguments, and splitting a
+source (read by the one loader, `evaluation.data.load_source`) into train and eval."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict
+from transformers import PreTrainedModel
 
-from ..evaluation.data import is_saved_dataset
+from ..adapters import adapter_class_for_config, load_pretrained
 
 
 @dataclass
@@ -29,11 +30,19 @@ class DistillationDataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluation samples."})
 
 
-def load_any(name_or_path: str, config: str | None) -> Dataset | DatasetDict:
-    """A `save_to_disk` folder, any other local folder (image or text files, inferred), or a hub dataset name."""
-    if is_saved_dataset(name_or_path):
-        return load_from_disk(name_or_path)
-    return load_dataset(name_or_path, config)
+def load_student_and_teacher(
+    args: DistillationModelArguments, auto_class: type
+) -> tuple[PreTrainedModel, PreTrainedModel]:
+    """Student and teacher as the classes their checkpoints were saved as (no head dropped or added); ValueError
+    unless both are models the recipe distils: classes that `auto_class` loads."""
+    models = []
+    for role, name in (("student", args.student), ("teacher", args.teacher)):
+        model = load_pretrained(name)
+        if adapter_class_for_config(model.config).auto_class(type(model)) is not auto_class:
+            raise ValueError(f"the {role} {name!r} is a {type(model).__name__}; this recipe distils models that "
+                             f"{auto_class.__name__} loads")
+        models.append(model)
+    return models[0], models[1]
 
 
 def train_eval_splits(ds: Dataset | DatasetDict, args: DistillationDataArguments, seed: int) -> tuple[Dataset, Dataset]:

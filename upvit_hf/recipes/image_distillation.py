@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, Image
 from transformers import (
-    AutoImageProcessor,
     AutoModelForImageClassification,
     EvalPrediction,
     HfArgumentParser,
@@ -32,8 +31,11 @@ from transformers import (
 )
 from transformers.image_processing_base import ImageProcessingMixin
 
+from ..adapters import adapter_class_for_config
 from ..distillation import DistillationTrainer, EMACallback
-from .common import DistillationDataArguments, DistillationModelArguments, load_any, train_eval_splits
+from ..evaluation.data import check_columns, convert_images, load_source
+from ..model_io import load_processor
+from .common import DistillationDataArguments, DistillationModelArguments, load_student_and_teacher, train_eval_splits
 
 
 @dataclass
@@ -55,8 +57,9 @@ class DataArguments(DistillationDataArguments):
 
 
 def to_tensor(image: Any, channels: int) -> torch.Tensor:
-    """PIL image -> float [C, H, W] in [0, 1]."""
-    arr = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    """PIL image -> float [C, H, W] in [0, 1], with the model's channels (the loader's one conversion)."""
+    (image,) = convert_images([image], channels)
+    arr = np.asarray(image, dtype=np.float32) / 255.0
     t = torch.from_numpy(arr)
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1)
 
@@ -174,8 +177,8 @@ def saved_image_processor(*names_or_paths: str) -> Any | None:
     """The first image processor saved with one of the models (saved with the student so it stays usable)."""
     for name in names_or_paths:
         try:
-            return AutoImageProcessor.from_pretrained(name)
-        except (OSError, ValueError):
+            return load_processor(name, "image")
+        except ValueError:
             continue
     return None
 
@@ -205,13 +208,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     set_seed(training_args.seed)
 
-    student = AutoModelForImageClassification.from_pretrained(model_args.student)
-    teacher = AutoModelForImageClassification.from_pretrained(model_args.teacher)
+    student, teacher = load_student_and_teacher(model_args, AutoModelForImageClassification)
+    family = adapter_class_for_config(student.config)
     if student.config.num_labels != teacher.config.num_labels:
         raise ValueError(f"student has {student.config.num_labels} classes, teacher {teacher.config.num_labels}")
 
     with training_args.main_process_first(desc="loading the dataset"):
-        dataset = load_any(data_args.dataset, data_args.dataset_config)
+        dataset = load_source(data_args.dataset, data_args.dataset_config)
         train_ds, eval_ds = train_eval_splits(dataset, data_args, training_args.seed)
     if data_args.max_train_samples is not None:
         train_ds = train_ds.select(range(min(data_args.max_train_samples, len(train_ds))))
@@ -220,8 +223,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     image_column = data_args.image_column or next(
         (k for k, f in train_ds.features.items() if isinstance(f, Image)), "image"
     )
+    for split in (train_ds, eval_ds):
+        check_columns(split, [image_column, data_args.label_column])
 
-    size, channels = student.config.image_size, student.config.num_channels
+    (size, _), channels = family.image_size(student.config), family.num_channels(student.config)
     mean, std = normalization(model_args.teacher, channels)
     common = dict(
         args=data_args, image_column=image_column, size=size, channels=channels, mean=mean, std=std,

@@ -28,8 +28,10 @@ from transformers import (
     set_seed,
 )
 
+from ..adapters import adapter_class_for_config
 from ..distillation import DistillationTrainer
-from .common import DistillationDataArguments, DistillationModelArguments, load_any, train_eval_splits
+from ..evaluation.data import check_columns, load_source
+from .common import DistillationDataArguments, DistillationModelArguments, load_student_and_teacher, train_eval_splits
 
 
 @dataclass
@@ -61,18 +63,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_seed(training_args.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer or model_args.teacher)
-    student = AutoModelForCausalLM.from_pretrained(model_args.student)
-    teacher = AutoModelForCausalLM.from_pretrained(model_args.teacher)
+    student, teacher = load_student_and_teacher(model_args, AutoModelForCausalLM)
 
-    context = getattr(student.config, "n_positions", None) or getattr(student.config, "max_position_embeddings", 1024)
+    context = adapter_class_for_config(student.config).max_positions(student.config) or 1024
     block_size = min(data_args.block_size or 1024, context, tokenizer.model_max_length)
 
     with training_args.main_process_first(desc="tokenizing and grouping"):
         train_raw, eval_raw = train_eval_splits(
-            load_any(data_args.dataset, data_args.dataset_config), data_args, training_args.seed
+            load_source(data_args.dataset, data_args.dataset_config), data_args, training_args.seed
         )
         blocks = []
         for raw in (train_raw, eval_raw):
+            check_columns(raw, [data_args.text_column])
             tokenized = raw.map(
                 lambda b: tokenizer(b[data_args.text_column]),
                 batched=True,

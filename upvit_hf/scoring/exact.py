@@ -11,18 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..adapters import ModelAdapter
+from ..adapters import ModelAdapter, Widths
 from ..scores import ImportanceScores
 from .masks import attention_masked, broadcast, ffn_masked, residual_masked
 
 LOGITS_BUDGET = 2**20
 """Logit elements read out and compared at once (float64): bounds memory for large vocabularies, and at
 8 MB of float64 keeps the KL arithmetic near the cache (twice as fast as 256 MB for GPT-2 readouts)."""
+
+COMPONENTS = ("residual", "attention", "ffn")
 
 Masking = Callable[[torch.Tensor], AbstractContextManager]
 
@@ -54,8 +57,9 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 class ProxyPass:
-    """One pass over a proxy set as every KL scorer makes it: inference mode, the model in eval mode (and
-    given back as it came), inputs checked, a progress bar counting scored units, the samples counted."""
+    """One pass over a proxy set as every scorer makes it: inference mode (autograd on for scorers that
+    differentiate), the model in eval mode (and given back as it came), inputs checked, a progress bar
+    counting scored units, the samples counted."""
 
     def __init__(self, adapter: ModelAdapter, variants_per_pass: int, show_progress: bool):
         if variants_per_pass < 1:
@@ -64,13 +68,16 @@ class ProxyPass:
         self.adapter, self.show_progress = adapter, show_progress
 
     def run(self, proxy: Iterable[Mapping[str, Any]], per_batch: int, unit: str, desc: str,
-            score_batch: Callable[[dict[str, torch.Tensor], Any], int]) -> int:
-        """Call `score_batch(inputs, bar)` on every batch; returns the number of samples scored."""
+            score_batch: Callable[[dict[str, torch.Tensor], Any], int], grad: bool = False) -> int:
+        """Call `score_batch(inputs, bar)` on every batch; returns the number of samples scored.
+
+        `grad=True` runs it with autograd enabled (gradient-based scorers) instead of in inference mode.
+        """
         from transformers.utils.logging import tqdm
 
         total = per_batch * len(proxy) if hasattr(proxy, "__len__") else None
         samples = 0
-        with torch.inference_mode(), eval_mode(self.adapter.model), tqdm(
+        with torch.enable_grad() if grad else torch.inference_mode(), eval_mode(self.adapter.model), tqdm(
             total=total, unit=unit, desc=desc, disable=not self.show_progress
         ) as bar:
             for batch in proxy:
@@ -78,6 +85,45 @@ class ProxyPass:
         if samples == 0:
             raise ValueError("the proxy set is empty: pass at least one batch of model inputs")
         return samples
+
+
+@dataclass
+class ChannelSubset:
+    """Which channels of each component to score (boolean masks shaped like `ImportanceScores`' tensors)."""
+
+    residual: torch.Tensor
+    attention: list[torch.Tensor]
+    ffn: list[torch.Tensor]
+
+    @classmethod
+    def full(cls, widths: Widths, components: Iterable[str] = COMPONENTS) -> ChannelSubset:
+        """Every channel of the named components (of "residual", "attention", "ffn"), none of the others."""
+        components = set(components)
+        unknown = components - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}; choose from {', '.join(COMPONENTS)}")
+        fill = lambda name, width: torch.full((width,), name in components)  # noqa: E731
+        layers = range(widths.num_hidden_layers)
+        return cls(fill("residual", widths.hidden_size), [fill("attention", widths.attention_width) for _ in layers],
+                   [fill("ffn", widths.intermediate_size) for _ in layers])
+
+    def count(self) -> int:
+        return int(self.residual.sum()) + sum(int(m.sum()) for m in (*self.attention, *self.ffn))
+
+    def cost(self) -> int:
+        """Work of exact-scoring these channels, in branch applications + readouts to one copy of a batch:
+        a channel of branch j runs the suffix from branch j (residual channels: from the embedding)."""
+        branches = 2 * len(self.ffn)
+        total = int(self.residual.sum()) * (branches + 1)
+        for layer, (attention, ffn) in enumerate(zip(self.attention, self.ffn)):
+            total += int(attention.sum()) * (branches - 2 * layer + 1) + int(ffn.sum()) * (branches - 2 * layer)
+        return total
+
+    def as_dict(self) -> dict[str, Any]:
+        """Channel indices per component (JSON-ready, for a scores file's meta)."""
+        indices = lambda mask: mask.nonzero().flatten().tolist()  # noqa: E731
+        return {"residual": indices(self.residual), "attention": [indices(m) for m in self.attention],
+                "ffn": [indices(m) for m in self.ffn]}
 
 
 class ExactKLScorer:
@@ -90,19 +136,29 @@ class ExactKLScorer:
         self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress)
         self.adapter, self.variants_per_pass = adapter, variants_per_pass
 
-    def score(self, proxy: Iterable[Mapping[str, Any]]) -> ImportanceScores:
+    def score(self, proxy: Iterable[Mapping[str, Any]], channels: ChannelSubset | None = None) -> ImportanceScores:
+        """Scores of every channel, or only of `channels` (only their removals are run; the others are NaN)."""
         widths = self.adapter.widths
         layers = range(widths.num_hidden_layers)
+        subset = channels if channels is not None else ChannelSubset.full(widths)
         residual = torch.zeros(widths.hidden_size, dtype=torch.float64)
         attention = [torch.zeros(widths.attention_width, dtype=torch.float64) for _ in layers]
         ffn = [torch.zeros(widths.intermediate_size, dtype=torch.float64) for _ in layers]
-        per_batch = widths.hidden_size + widths.num_hidden_layers * (widths.attention_width + widths.intermediate_size)
-        samples = self.proxy_pass.run(proxy, per_batch, "channel", "UP-ViTs KL scores",
-                                 lambda inputs, bar: self._score_batch(inputs, residual, attention, ffn, bar))
-        return ImportanceScores(residual, attention, ffn, meta={"method": "kl", "proxy_size": samples})
+        scores = ImportanceScores(residual, attention, ffn, meta={"method": "kl"})
+        chosen = ImportanceScores(subset.residual, subset.attention, subset.ffn)
+        chosen.check_matches(widths)
+        samples = self.proxy_pass.run(proxy, subset.count(), "channel", "UP-ViTs KL scores",
+                                      lambda inputs, bar: self._score_batch(inputs, residual, attention, ffn, bar,
+                                                                            subset))
+        if channels is not None:
+            for values, mask in zip((residual, *attention, *ffn), (subset.residual, *subset.attention, *subset.ffn)):
+                values[~mask] = float("nan")
+            scores.meta["exact_channels"] = subset.count()
+        scores.meta["proxy_size"] = samples
+        return scores
 
     # ------------------------------------------------------------------ one proxy batch
-    def _score_batch(self, inputs, residual, attention, ffn, bar) -> int:
+    def _score_batch(self, inputs, residual, attention, ffn, bar, subset: ChannelSubset) -> int:
         adapter = self.adapter
         embedded, context = adapter.embed(inputs)
         weights = adapter.token_weights(inputs)
@@ -113,11 +169,11 @@ class ExactKLScorer:
         rows = embedded.shape[0]
         reference = log_probs(adapter.readout(cache[-1], context))
 
-        def sweep(scores: torch.Tensor, start: int, masking: Masking, reference: torch.Tensor,
-                  mask_input: bool = False) -> None:
-            """Remove each channel in turn (variants stacked along the batch) and add its KL to `scores`."""
-            width = scores.numel()
-            for chunk in torch.arange(width).split(self.variants_per_pass):
+        def sweep(scores: torch.Tensor, chosen: torch.Tensor, start: int, masking: Masking,
+                  reference: torch.Tensor, mask_input: bool = False) -> None:
+            """Remove each chosen channel in turn (variants stacked along the batch), add its KL to `scores`."""
+            width, channels = scores.numel(), chosen.nonzero().flatten()
+            for chunk in channels.split(self.variants_per_pass) if len(channels) else ():
                 variants = len(chunk)
                 masks = variant_masks(chunk, width, rows, embedded)
                 hidden = cache[start].repeat(variants, *([1] * (embedded.dim() - 1)))
@@ -135,18 +191,20 @@ class ExactKLScorer:
         def residual_masking(masks: torch.Tensor) -> AbstractContextManager:
             return residual_masked(adapter, masks)
 
-        # Masked LayerNorms round differently from stock ones: compare residual variants with the
-        # unpruned model evaluated through the same masked path.
-        keep_all = embedded.new_ones(rows, residual.numel())
-        with residual_masking(keep_all):
-            hidden = embedded
-            for branch in branches:
-                hidden = branch(hidden, context)
-            residual_reference = log_probs(adapter.readout(hidden, context))
-        sweep(residual, 0, residual_masking, residual_reference, mask_input=True)
+        if subset.residual.any():
+            # Masked LayerNorms round differently from stock ones: compare residual variants with the
+            # unpruned model evaluated through the same masked path.
+            keep_all = embedded.new_ones(rows, residual.numel())
+            with residual_masking(keep_all):
+                hidden = embedded
+                for branch in branches:
+                    hidden = branch(hidden, context)
+                residual_reference = log_probs(adapter.readout(hidden, context))
+            sweep(residual, subset.residual, 0, residual_masking, residual_reference, mask_input=True)
         for layer in range(len(attention)):
-            sweep(attention[layer], 2 * layer, lambda m: attention_masked(adapter, layer, m), reference)
-            sweep(ffn[layer], 2 * layer + 1, lambda m: ffn_masked(adapter, layer, m), reference)
+            sweep(attention[layer], subset.attention[layer], 2 * layer,
+                  lambda m: attention_masked(adapter, layer, m), reference)
+            sweep(ffn[layer], subset.ffn[layer], 2 * layer + 1, lambda m: ffn_masked(adapter, layer, m), reference)
         return rows
 
     def _kl(self, hidden, context, reference, weights, variants,

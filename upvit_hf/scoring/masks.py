@@ -25,12 +25,17 @@ def broadcast(mask: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
 
 
 def masked_layer_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """LayerNorm over the channels where `mask` is 1; zero where it is 0 (= the norm of a thinner model)."""
+    """LayerNorm whose mean and variance are weighted by `mask` (channel weights in [0, 1]), output scaled by it.
+
+    At mask 1 it is the stock LayerNorm; a channel at 0 leaves the statistics and outputs zero, which is the
+    LayerNorm of a thinner model (exact removal). In between it is the continuous path Fisher scores
+    differentiate along at mask 1.
+    """
     m = broadcast(mask, x)
     count = m.sum(-1, keepdim=True)
     mean = (x * m).sum(-1, keepdim=True) / count
-    centered = (x - mean) * m
-    var = (centered * centered).sum(-1, keepdim=True) / count
+    centered = x - mean
+    var = (m * centered * centered).sum(-1, keepdim=True) / count
     y = centered * torch.rsqrt(var + norm.eps)
     if norm.weight is not None:
         y = y * norm.weight
@@ -78,4 +83,19 @@ def attention_masked(adapter: ModelAdapter, layer: int, mask: torch.Tensor) -> I
 def ffn_masked(adapter: ModelAdapter, layer: int, mask: torch.Tensor) -> Iterator[None]:
     """Within the block, FFN channels of `layer` where `mask` [rows, intermediate] is 0 are removed."""
     with adapter.ffn_tap(layer).register_forward_pre_hook(_mask_input(mask)):
+        yield
+
+
+@contextmanager
+def channels_masked(adapter: ModelAdapter, residual: torch.Tensor, attention: list[torch.Tensor],
+                    ffn: list[torch.Tensor]) -> Iterator[None]:
+    """Every component masked at once (one mask per component and layer, one row per sample).
+
+    The caller scales the embedding output by `residual` itself, as for `residual_masked`.
+    """
+    with ExitStack() as stack:
+        stack.enter_context(residual_masked(adapter, residual))
+        for layer, (attention_mask, ffn_mask) in enumerate(zip(attention, ffn)):
+            stack.enter_context(attention_masked(adapter, layer, attention_mask))
+            stack.enter_context(ffn_masked(adapter, layer, ffn_mask))
         yield

@@ -2,7 +2,8 @@
 
 Importing this package registers ``model_type="transfo-xl"`` with `AutoConfig`, `TransfoXLModel` with `AutoModel`
 and `TransfoXLLMHeadModel` with `AutoModelForCausalLM`, so 4.x checkpoints load with
-``AutoModelForCausalLM.from_pretrained``.
+``AutoModelForCausalLM.from_pretrained``. Their ``vocab.pkl`` becomes a stock fast tokenizer with `convert_vocab`
+(see `tokenization_transfo_xl`).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -16,6 +17,7 @@ from .modeling_transfo_xl import (
     TransfoXLModelOutput,
     TransfoXLPreTrainedModel,
 )
+from .tokenization_transfo_xl import build_tokenizer, convert_vocab, load_vocab_pickle, moses_pretokenize
 
 
 def register_auto_classes() -> None:
@@ -41,5 +43,9 @@ __all__ = [
     "TransfoXLModel",
     "TransfoXLModelOutput",
     "TransfoXLPreTrainedModel",
+    "build_tokenizer",
+    "convert_vocab",
+    "load_vocab_pickle",
+    "moses_pretokenize",
     "register_auto_classes",
 ]

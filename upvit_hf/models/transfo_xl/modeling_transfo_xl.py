@@ -635,7 +635,7 @@ class TransfoXLLMHeadModel(TransfoXLPreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        # The cache is the list of `mems`, handled in `prepare_inputs_for_generation`.
+        # The cache is the list of `mems`, carried by the generation methods at the end of this class.
         return False
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict[str, str]:
@@ -742,34 +742,35 @@ class TransfoXLLMHeadModel(TransfoXLPreTrainedModel, GenerationMixin):
         )
         return output if return_dict else output.to_tuple()
 
+    # -- generation ------------------------------------------------------------------------------------------------
+    # `generate` keeps the running memories in ``model_kwargs["mems"]`` (a cache name `GenerationMixin` knows: beam
+    # search reorders it through `_reorder_cache` and ``return_dict_in_generate`` returns it as ``cache``). The first
+    # forward reads the whole prompt (continuing from ``mems`` passed to `generate`, if any); every later one feeds
+    # only the new token with the memories of the previous step, exactly as a manual loop over `forward` does.
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
-        past_key_values: list[torch.Tensor] | None = None,
+        next_sequence_length: int | None = None,
         mems: list[torch.Tensor] | None = None,
         inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        next_sequence_length: int | None = None,
         is_first_iteration: bool | None = False,
         **kwargs,
     ) -> dict:
-        """Feed only the new token(s) with the running memories once there are memories.
+        """Inputs of one generation step: the new token(s) with the running memories once there are memories.
 
-        `generate` stores the ``mems`` of each output under ``past_key_values``. ``mems`` passed to `generate` are
-        the memories the prompt continues from. With ``use_cache=False`` every step re-reads the whole sequence
-        from empty memories.
+        With ``use_cache=False`` (or ``mem_len == 0``) every step re-reads the whole sequence from empty memories.
         """
-        model_inputs: dict = {}
-        if use_cache is not False and past_key_values is not None:
-            model_inputs["input_ids"] = input_ids[:, -(next_sequence_length or 1) :]
-            model_inputs["mems"] = past_key_values
-        elif inputs_embeds is not None and is_first_iteration:
+        mems = None if use_cache is False else mems
+        model_inputs: dict = {"mems": mems}
+        if inputs_embeds is not None and is_first_iteration:
             model_inputs["inputs_embeds"] = inputs_embeds
-            model_inputs["mems"] = mems if use_cache is not False else None
+        elif mems is not None and not is_first_iteration:
+            model_inputs["input_ids"] = input_ids[:, -(next_sequence_length or 1) :]
         else:
             model_inputs["input_ids"] = input_ids
-            model_inputs["mems"] = mems if use_cache is not False else None
         if attention_mask is not None:
             model_inputs["attention_mask"] = attention_mask
         for key in ("logits_to_keep", "output_attentions", "output_hidden_states"):
@@ -777,9 +778,31 @@ class TransfoXLLMHeadModel(TransfoXLPreTrainedModel, GenerationMixin):
                 model_inputs[key] = kwargs[key]
         return model_inputs
 
+    def _update_model_kwargs_for_generation(self, outputs: ModelOutput, model_kwargs: dict, *args, **kwargs) -> dict:
+        """Carry this step's memories to the next one (the base class only carries a `Cache` named ``cache``)."""
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        if model_kwargs.get("use_cache") is not False:
+            model_kwargs["mems"] = outputs.mems
+        return model_kwargs
+
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids: torch.LongTensor | None = None,
+        **model_kwargs,
+    ) -> tuple[torch.LongTensor | None, dict]:
+        """Beams / several return sequences: repeat prompt memories along their batch axis (dim 1) like the ids."""
+        mems = model_kwargs.pop("mems", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if mems is not None:
+            model_kwargs["mems"] = [mem.repeat_interleave(expand_size, dim=1) for mem in mems]
+        return input_ids, model_kwargs
+
     @staticmethod
-    def _reorder_cache(mems: list[torch.Tensor], beam_idx: torch.Tensor) -> list[torch.Tensor]:
+    def _reorder_cache(mems: list[torch.Tensor] | None, beam_idx: torch.Tensor) -> list[torch.Tensor] | None:
         """Beam search: reorder the batch axis (dim 1) of every memory."""
+        if mems is None:
+            return None
         return [mem.index_select(1, beam_idx.to(mem.device)) for mem in mems]
 
 
