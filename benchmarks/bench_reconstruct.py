@@ -77,8 +77,8 @@ def vision_task(seed: int, recon_images: int, saved: str | None = None) -> Task:
     width = recipe.hidden_size
     return Task(
         "vision", "accuracy", teacher, train_set,
-        image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, image_mode="L"),
-        image_proxy(splits.train, splits.processor, size=recon_images, seed=seed + 1000, image_mode="L"),
+        image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, num_channels=1),
+        image_proxy(splits.train, splits.processor, size=recon_images, seed=seed + 1000, num_channels=1),
         lambda model: accuracy(model, splits),
         {"mild": PruningTarget(hidden_size=width * 3 // 4, num_attention_heads=recipe.num_attention_heads,
                                intermediate_size=recipe.intermediate_size * 3 // 4,
@@ -110,11 +110,11 @@ def language_task(seed: int, recon_sequences: int, test_tokens: int, saved: str 
     )
 
 
-def run_task(task: Task, seed: int, steps: tuple[int, ...]) -> list[dict[str, Any]]:
+def run_task(task: Task, seed: int, steps: tuple[int, ...], criteria: list[str] = CRITERIA) -> list[dict[str, Any]]:
     pruner = UPPruner(task.teacher)
     teacher_metric = task.evaluate(task.teacher)
     rows = []
-    for method in CRITERIA:
+    for method in criteria:
         scores = pruner.score(task.score_proxy, method=method, seed=seed, show_progress=False)
         for target_name, target in task.targets.items():
             row: dict[str, Any] = {"task": task.name, "seed": seed, "target": target_name, "criterion": method,
@@ -125,6 +125,8 @@ def run_task(task: Task, seed: int, steps: tuple[int, ...]) -> list[dict[str, An
             plain = pruner.prune(target, scores)
             for name, model in (("pruned", plain), ("recon", rebuilt)):
                 row[name] = task.evaluate(model)
+            logging.get_logger("bench").warning(json.dumps(row))  # before fine-tuning, as soon as known
+            for name, model in (("pruned", plain), ("recon", rebuilt)):
                 for total in steps:  # each budget is its own run (its schedule decays over `total` steps)
                     student = copy.deepcopy(model)
                     recipe = dataclasses.replace(task.recipe.student, steps=total)
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--recon-sequences", type=int, default=128)
     parser.add_argument("--test-tokens", type=int, default=20000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--criteria", nargs="+", choices=CRITERIA, default=CRITERIA)
     parser.add_argument("--map-errors", action="store_true",
                         help="only print each refit map's relative error before/after (KL scores; incl. heads-only merge)")
     parser.add_argument("--vision-teacher", help="reuse the digits ViT `upvit demo` saved (vision/teacher-vit-digits)")
@@ -195,10 +198,11 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         if args.task in ("vision", "both"):
-            rows += run_task(vision_task(seed, args.recon_images, args.vision_teacher), seed, tuple(args.steps))
+            rows += run_task(vision_task(seed, args.recon_images, args.vision_teacher), seed, tuple(args.steps),
+                             args.criteria)
         if args.task in ("language", "both"):
             rows += run_task(language_task(seed, args.recon_sequences, args.test_tokens, args.language_teacher),
-                             seed, tuple(args.steps))
+                             seed, tuple(args.steps), args.criteria)
 
     columns = ["pruned", "recon"] + [f"{n}_distil{s}" for s in args.steps for n in ("pruned", "recon")]
     print("| task | seed | target | criterion | teacher | " + " | ".join(columns) + " | recovered | recon s |")
