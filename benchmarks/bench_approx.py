@@ -184,7 +184,7 @@ def run_vision(args) -> dict:
     train(teacher, train_set, recipe.teacher, args.seed)
     training = time.perf_counter() - start
     proxy = image_proxy(splits.train, splits.processor, size=64 if args.quick else args.proxy_images,
-                        seed=args.seed, batch_size=50, image_mode="L")
+                        seed=args.seed, batch_size=50, num_channels=1)
     result = compare(teacher, proxy, lambda m: vision.accuracy(m, splits), args)
     return {"task": "digits ViT", "metric": "accuracy", "teacher_training_seconds": training, **result}
 
@@ -230,7 +230,7 @@ def print_table(result: dict) -> None:
     print(f"\n{result['task']}: teacher {result['metric']} {result['teacher_metric']:.4g}, "
           f"widths {result['teacher_widths']}, proxy {result['proxy_size']}")
     keeps = list(result["rows"][0]["jaccard"])
-    header = (f"{'criterion':<22}{'seconds':>9}{'speedup':>9}{'rho res':>9}{'rho att':>9}{'rho ffn':>9}"
+    header = (f"{'criterion':<28}{'seconds':>9}{'speedup':>9}{'rho res':>9}{'rho att':>9}{'rho ffn':>9}"
               + "".join(f"{'J' + k + ' r/a/f':>18}" for k in keeps) + f"{'pruned':>10}{'exact cost':>12}")
     print(header)
     for row in result["rows"]:
@@ -239,7 +239,7 @@ def print_table(result: dict) -> None:
                       for k in keeps)
         cost = row.get("exact_cost_fraction")
         cost = "" if cost is None else f"{cost:.2f}"
-        print(f"{row['criterion']:<22}{row['seconds']:>9.2f}{row['speedup_vs_exact']:>9.1f}{rho['residual']:>9.3f}"
+        print(f"{row['criterion']:<28}{row['seconds']:>9.2f}{row['speedup_vs_exact']:>9.1f}{rho['residual']:>9.3f}"
               f"{rho['attention']:>9.3f}{rho['ffn']:>9.3f}{jac}{row['metric_before_finetuning']:>10.4g}{cost:>12}")
 
 

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from tiny import deit_config, gpt2_config, randomize, tiny_tokenizer, vit_config
+from tiny import deit_config, gpt2_config, pvt_v2_config, randomize, tiny_tokenizer, vit_config
 from transformers import (
     GPT2DoubleHeadsModel,
     GPT2ForTokenClassification,
@@ -104,7 +104,7 @@ def _txl_config() -> TransfoXLConfig:
 def _instances():
     """One tiny model of every supported class."""
     configs = {"vit": vit_config(encoder_stride=4), "deit": deit_config(encoder_stride=4), "gpt2": gpt2_config(),
-               "transfo-xl": _txl_config()}
+               "transfo-xl": _txl_config(), "pvt_v2": pvt_v2_config()}
     for model_type, adapter in REGISTRY.items():
         for cls in adapter.model_classes:
             if cls.config_class.model_type == model_type:
@@ -181,11 +181,11 @@ CARD_SNIPPET_RUN = textwrap.dedent("""
 """)
 
 
+# (Transformer-XL's snippet, with trust_remote_code and its tokenizer: tests/test_transfo_xl_cli.py)
 @pytest.mark.parametrize("make", [
     lambda: ViTForMaskedImageModeling(vit_config(encoder_stride=4)),
     lambda: GPT2DoubleHeadsModel(gpt2_config()),
-    lambda: TransfoXLLMHeadModel(_txl_config()),
-], ids=["mim-auto-class", "double-heads-own-class", "transfo-xl-remote-code"])
+], ids=["mim-auto-class", "double-heads-own-class"])
 def test_model_card_snippet_loads_the_saved_class_in_a_fresh_interpreter(make, tmp_path):
     from upvit_hf.model_card import write_model_card
     from upvit_hf.record import RECORD_KEY

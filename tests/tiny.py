@@ -32,9 +32,11 @@ def deit_config(**overrides):
 
 def image_batches(config, sizes=(3, 2), seed=1) -> list[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
+    size = config.image_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
     return [
         {
-            "pixel_values": torch.randn(n, config.num_channels, config.image_size, config.image_size, generator=generator),
+            "pixel_values": torch.randn(n, config.num_channels, height, width, generator=generator),
             "labels": torch.zeros(n, dtype=torch.long),
         }
         for n in sizes
@@ -89,3 +91,16 @@ def token_batches(config, lengths=((6, 4, 5), (6, 6)), seed=1) -> list[dict[str,
             mask[row, :n] = 1
         batches.append({"input_ids": ids, "attention_mask": mask})
     return batches
+
+
+def pvt_v2_config(**overrides):
+    """Two stages: stage 0 reduces keys/values spatially (sr 2), stage 1 does not (sr 1)."""
+    from transformers import PvtV2Config
+
+    params = dict(
+        image_size=16, num_channels=3, num_encoder_blocks=2, depths=[2, 2], sr_ratios=[2, 1], hidden_sizes=[8, 12],
+        patch_sizes=[3, 3], strides=[2, 2], num_attention_heads=[2, 3], mlp_ratios=[2, 2], num_labels=5,
+        layer_norm_eps=1e-6, qkv_bias=True,
+    )
+    params.update(overrides)
+    return PvtV2Config(**params)

@@ -80,14 +80,15 @@ def infer_pipeline_tag(auto_class: type | None) -> str | None:
     return next((task for task, spec in SUPPORTED_TASKS.items() if auto_class in spec.get("pt", ())), None)
 
 
-def _usage_section(found: tuple[type[ModelAdapter], type] | None, auto_class: type | None, repo: str) -> list[str]:
+def _usage_section(found: tuple[type[ModelAdapter], type] | None, auto_class: type | None, repo: str,
+                   has_tokenizer: bool = False) -> list[str]:
     """How to load the model: its Auto class (or its own class where no Auto class maps it). A family
     transformers does not ship loads with the code saved next to its weights (`trust_remote_code=True`, also for
-    the tokenizer, since `AutoTokenizer` reads the custom config) or after `import upvit_hf`."""
+    its tokenizer, since `AutoTokenizer` reads the custom config) or after `import upvit_hf`."""
     loader = (auto_class or found[1]).__name__ if found else "AutoModel"
     remote = bool(found and found[0].needs_remote_code)
     trust = ", trust_remote_code=True" if remote else ""
-    tokenizer = remote and found[0].modality == "text"
+    tokenizer = remote and has_tokenizer
     lines = ["## Usage", "", "```python", f"from transformers import {loader}{', AutoTokenizer' if tokenizer else ''}",
              "", f'model = {loader}.from_pretrained("{repo}"{trust})']
     if tokenizer:
@@ -113,6 +114,8 @@ def _fmt(value: Any) -> str:
         return f"{value:,}"
     if isinstance(value, float):
         return f"{int(value):,}" if value.is_integer() and abs(value) >= 1e4 else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):  # per-stage widths of hierarchical models
+        return " / ".join(_fmt(v) for v in value)
     return str(value)
 
 
@@ -196,8 +199,12 @@ def build_model_card(
     pruned_stats: Mapping[str, Any] | None = None,
     *,
     repo_id: str | None = None,
+    has_tokenizer: bool = False,
 ) -> ModelCard:
     """A model card for a pruned model (or its config / config dict), from its `upvit_pruning` record.
+
+    `has_tokenizer`: a tokenizer is saved with the model (the usage snippet then loads it too where that needs
+    `trust_remote_code`).
 
     Stats are dicts with `params`, `flops` (per sample) and optionally `flops_input`. `pruned_stats` default to
     counts on `model` when it is a module; `original_stats` must be passed in (the original model is gone).
@@ -242,7 +249,7 @@ def build_model_card(
     body += _stats_section(stored["original_stats"], stored["pruned_stats"])
     body += _setup_section(record)
     body += _metrics_section(stored["metrics"])
-    body += _usage_section(found, auto_class, repo_id or "path/to/this/model")
+    body += _usage_section(found, auto_class, repo_id or "path/to/this/model", has_tokenizer)
     body += [
         "Pruned widths change the function; UP-ViTs recovers accuracy by fine-tuning with distillation "
         "from the original model.",
@@ -307,7 +314,8 @@ def write_model_card(
             params = _saved_parameter_count(folder)
             pruned_stats = {"params": params} if params is not None else None
     source = model if model is not None else json.loads(config_file.read_text(encoding="utf-8"))
-    card = build_model_card(source, metrics, original_stats, pruned_stats, repo_id=repo_id)
+    card = build_model_card(source, metrics, original_stats, pruned_stats, repo_id=repo_id,
+                            has_tokenizer=(folder / "tokenizer_config.json").is_file())
     with atomic_path(readme, overwrite=True) as tmp:  # the card is refreshed in place, never half-written
         card.save(tmp)
     return readme

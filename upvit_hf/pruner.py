@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from .adapters import Widths, adapter_for
-from .depth import remove_unit, source_blocks
+from .adapters import AnyWidths, adapter_for, layer_widths
+from .depth import depth_floors, least_important_unit, remove_unit, source_blocks
 from .reconstruct import reconstruct as reconstruct_maps
 from .record import RECORD_KEY, updated_record
 from .scores import BlockScores, ImportanceScores, model_identity
@@ -48,11 +49,12 @@ class UPPruner:
         proxy: Iterable[Mapping[str, Any]] | None = None,
         *,
         method: str = "kl",
-        variants_per_pass: int = 16,
+        variants_per_pass: int | str = 16,
         seed: int = 0,
         show_progress: bool = True,
         labels_per_input: int = DEFAULT_LABELS_PER_INPUT,
         exact_components: Iterable[str] = ("residual", "attention"),
+        **scale: Any,
     ) -> ImportanceScores:
         """Channel importance of all three components.
 
@@ -62,14 +64,22 @@ class UPPruner:
         token for language models; exact once it covers every class; see `scoring.fisher`); `"hybrid"` exact
         KL for `exact_components` and Fisher for the others; `"magnitude"` (L1 norm of the weights a channel
         touches) and `"random"` (seeded) are baselines that need no data.
+
+        Scale options of the exact KL proxy pass (`scoring/proxy_pass.py`, method="kl"): under
+        torch.distributed every process scores its shard of the proxy batches and all get the all-reduced
+        scores; `checkpoint=PATH`, `checkpoint_every=K` make the run resumable; `dtype=` opts out of running
+        the network in float32 (float64 for a float64 model) whatever its dtype; `allow_tf32=True` allows
+        TF32 on CUDA; `variants_per_pass="auto"` sizes the stack from free device memory.
         """
+        if scale and method in METHODS and method != "kl":
+            raise ValueError(f"{', '.join(sorted(scale))} only apply to method='kl' (the exact proxy pass)")
         if method in ("kl", "fisher", "hybrid"):
             if proxy is None:
                 raise ValueError(f"method={method!r} needs a proxy set: an iterable of dict batches of model inputs")
             if method == "hybrid" and iter(proxy) is proxy:  # two passes: a one-shot iterator is kept
                 proxy = list(proxy)
         if method == "kl":
-            scores = ExactKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy)
+            scores = ExactKLScorer(self.adapter, variants_per_pass, show_progress, **scale).score(proxy)
         elif method == "fisher":
             scores = FisherScorer(self.adapter, labels_per_input, seed, show_progress).score(proxy)
         elif method == "hybrid":
@@ -126,7 +136,7 @@ class UPPruner:
         refined.meta.update(model=model_identity(self.model), widths=self.adapter.widths.as_dict())
         return refined
 
-    def check_target(self, target: PruningTarget) -> Widths:
+    def check_target(self, target: PruningTarget) -> AnyWidths:
         """The widths `target` gives this model; ValueError (saying what is allowed) when it cannot."""
         widths = target.resolve(self.adapter.widths)
         self.adapter.check_widths(widths)
@@ -161,13 +171,15 @@ class UPPruner:
         plan = PruningPlan.from_scores(scores, original, pruned)
 
         state: StateDict = adapter.surgery_state()
-        factor = adapter.query_scale(original.head_dim, pruned.head_dim)
         for layer in range(original.num_hidden_layers):
+            old, new = layer_widths(original, layer), layer_widths(pruned, layer)
+            factor = adapter.query_scale(old.head_dim, new.head_dim)
             if factor != 1.0:
-                scale_channels(state, adapter.query_slices(layer), original.attention_width, factor)
+                scale_channels(state, adapter.query_slices(layer), old.attention_width, factor)
             keep_channels(state, adapter.attention_slices(layer), plan.attention[layer])
             keep_channels(state, adapter.ffn_slices(layer), plan.ffn[layer])
-        keep_channels(state, adapter.residual_slices(), plan.residual)
+        for stage, kept in enumerate(plan.residual_stages):
+            keep_channels(state, adapter.residual_slices(stage), kept)
 
         config = adapter.pruned_config(pruned)
         adapter.finish_surgery(state, config)
@@ -175,11 +187,12 @@ class UPPruner:
         setattr(config, RECORD_KEY, updated_record(self.model, original, pruned, step))
         model = self._build(config, state)
         if reconstruct is not None:
-            residual_cut = pruned.hidden_size < original.hidden_size
-            attention_cut = (pruned.num_attention_heads, pruned.head_dim) != (original.num_attention_heads,
-                                                                             original.head_dim)
-            ffn_cut = pruned.intermediate_size < original.intermediate_size
-            refit = [residual_cut or attention_cut, residual_cut or ffn_cut] * pruned.num_hidden_layers
+            refit = []
+            for layer in range(original.num_hidden_layers):
+                old, new = layer_widths(original, layer), layer_widths(pruned, layer)
+                residual_cut = new.hidden_size < old.hidden_size
+                attention_cut = (new.num_attention_heads, new.head_dim) != (old.num_attention_heads, old.head_dim)
+                refit += [residual_cut or attention_cut, residual_cut or new.intermediate_size < old.intermediate_size]
             report = reconstruct_maps(adapter, adapter_for(model), reconstruct, plan.residual, refit,
                                       show_progress=show_progress)
             getattr(model.config, RECORD_KEY)["steps"][-1]["reconstruction"] = report.record()
@@ -190,17 +203,19 @@ class UPPruner:
         self,
         proxy: Iterable[Mapping[str, Any]],
         *,
-        variants_per_pass: int = 8,
+        variants_per_pass: int | str = 8,
         show_progress: bool = True,
+        **scale: Any,
     ) -> BlockScores:
         """Importance of every whole block and every hybrid unit (FFN of block i + attention of block i+1).
 
         `block[i]` / `hybrid[i]` = Σ KL(q ‖ p) over the proxy set with that unit's two residual branches
-        skipped, exactly what the model computes once `prune_blocks` removes it.
+        skipped, exactly what the model computes once `prune_blocks` removes it. `scale` options as in
+        `score` (data parallelism, checkpoint, dtype, allow_tf32).
         """
         if proxy is None:
             raise ValueError("block scores need a proxy set: an iterable of dict batches of model inputs")
-        scores = BlockKLScorer(self.adapter, variants_per_pass, show_progress).score(proxy)
+        scores = BlockKLScorer(self.adapter, variants_per_pass, show_progress, **scale).score(proxy)
         scores.meta.update(model=model_identity(self.model),
                            widths=self.adapter.widths.as_dict())
         return scores
@@ -208,22 +223,28 @@ class UPPruner:
     def prune_blocks(
         self,
         proxy: Iterable[Mapping[str, Any]],
-        num_hidden_layers: int,
+        num_hidden_layers: int | tuple[int, ...],
         between_steps: Callable[[PreTrainedModel, int], Any] | None = None,
         *,
-        variants_per_pass: int = 8,
+        variants_per_pass: int | str = 8,
         show_progress: bool = True,
         reconstruct: bool = False,
+        checkpoint: str | os.PathLike | None = None,
+        **scale: Any,
     ) -> PreTrainedModel:
         """Progressive block pruning: remove the least important unit (block or hybrid), re-score the
         reduced model, repeat until `num_hidden_layers` blocks remain. A new stock model; the original is
-        untouched.
+        untouched. For a hierarchical model units are removed within a stage, every stage keeps at least one
+        block, and `num_hidden_layers` may be a tuple with the depth of every stage (PVTv2's `depths`).
 
         `between_steps(model, step)`, if given, runs after removal number `step` (0-based) on the current
         model, e.g. a short distillation that trains it in place; the next step scores the model it leaves.
         The proxy set is iterated once per step: a one-shot iterator is materialized to a list first.
         The pruning record gets one "depth" step listing the removed units in order, each with the block
         indices it had in the model it was removed from, and its score.
+        `scale` options as in `score`; with `checkpoint=PATH` step k keeps its checkpoint at `PATH.stepK`, so
+        a rerun recomputes finished steps from their checkpoints and resumes the interrupted one (a
+        `between_steps` that changes the model makes the next steps' checkpoints refuse to resume).
 
         `reconstruct=True` refits, after each removal and on the same proxy set, the output maps of every
         branch after the removed unit so that, fed the reduced model's own residual stream, each reproduces
@@ -231,27 +252,26 @@ class UPPruner:
         """
         self.adapter.check_scorable()
         original = self.adapter.widths
-        if isinstance(num_hidden_layers, bool) or not isinstance(num_hidden_layers, int) \
-                or not 1 <= num_hidden_layers <= original.num_hidden_layers:
-            raise ValueError(
-                f"num_hidden_layers must be an integer from 1 to the model's {original.num_hidden_layers}, "
-                f"got {num_hidden_layers!r}"
-            )
+        floors = depth_floors(original, num_hidden_layers)
         if between_steps is not None and not callable(between_steps):
             raise ValueError(f"between_steps must be a callable (model, step), got {type(between_steps).__name__}")
         if proxy is None:
             raise ValueError("prune_blocks needs a proxy set: an iterable of dict batches of model inputs")
         if iter(proxy) is proxy:  # a generator or other one-shot iterator: every step needs the whole set
             proxy = list(proxy)
-        if num_hidden_layers == original.num_hidden_layers:
+        total = sum(floors) if isinstance(num_hidden_layers, tuple) else num_hidden_layers
+        if total == original.num_hidden_layers:
             return copy.deepcopy(self.model)
 
         removed: list[dict[str, Any]] = []
         refit_maps = 0
         current = self
-        for step in range(original.num_hidden_layers - num_hidden_layers):
-            scores = current.score_blocks(proxy, variants_per_pass=variants_per_pass, show_progress=show_progress)
-            unit = scores.least_important()
+        for step in range(original.num_hidden_layers - total):
+            if checkpoint is not None:
+                scale["checkpoint"] = f"{os.fspath(checkpoint)}.step{step}"
+            scores = current.score_blocks(proxy, variants_per_pass=variants_per_pass, show_progress=show_progress,
+                                          **scale)
+            unit = least_important_unit(scores, current.adapter.widths, floors)
             removed.append({**unit.as_dict(), "score": float(scores.by_branch()[unit.first_branch])})
             config, state = remove_unit(current.adapter, unit)
             widths = current.adapter.read_widths(config)
@@ -263,7 +283,8 @@ class UPPruner:
                 sources = [b for old_blocks in source_blocks(unit, current.adapter.widths.num_hidden_layers)
                            for b in (2 * old_blocks[0], 2 * old_blocks[1] + 1)]
                 report = reconstruct_maps(current.adapter, adapter_for(model), proxy,
-                                          torch.arange(widths.hidden_size), [s != k for k, s in enumerate(sources)],
+                                          torch.arange(layer_widths(widths, 0).hidden_size),
+                                          [s != k for k, s in enumerate(sources)],
                                           sources=sources, show_progress=show_progress)
                 refit_maps += len(report.fits)
                 getattr(model.config, RECORD_KEY)["steps"][-1]["reconstruction"] = {**report.record(),

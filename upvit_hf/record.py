@@ -7,12 +7,12 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
-from .adapters import Widths
+from .adapters import AnyWidths
 
 RECORD_KEY = "upvit_pruning"
 
 
-def updated_record(model: PreTrainedModel, original: Widths, pruned: Widths, step: dict[str, Any]) -> dict[str, Any]:
+def updated_record(model: PreTrainedModel, original: AnyWidths, pruned: AnyWidths, step: dict[str, Any]) -> dict[str, Any]:
     """The record of `model` (empty if it was never pruned) extended by one pruning step."""
     from . import __version__
 

@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .adapters import Widths
+from .adapters import AnyWidths, layer_widths
 from .atomic import atomic_path
 
 
@@ -58,15 +58,23 @@ def model_identity(model: Any) -> str:
     return name or type(model).__name__
 
 
+def pack_residual(stages: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """Per-stage residual scores in the `ImportanceScores.residual` shape: a plain model's single tensor, or
+    the list of a hierarchical model's stages."""
+    return stages[0] if len(stages) == 1 else list(stages)
+
+
 @dataclass
 class ImportanceScores:
     """Scores of the three UP-ViTs components; larger means more important.
 
-    `attention[l][i]` scores output dim i of layer l's q/k/v projections; `meta` records how the scores
-    were made (method, proxy size, model) and travels with the file.
+    `residual` is one tensor for a plain model and a list with one tensor per stage for a hierarchical one
+    (PVTv2: each stage has its own residual width). `attention[l][i]` scores output dim i of layer l's q/k/v
+    projections; `attention` and `ffn` are flat over all layers, stage by stage. `meta` records how the
+    scores were made (method, proxy size, model) and travels with the file.
     """
 
-    residual: torch.Tensor
+    residual: torch.Tensor | list[torch.Tensor]
     attention: list[torch.Tensor]
     ffn: list[torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
@@ -81,13 +89,21 @@ class ImportanceScores:
     def num_layers(self) -> int:
         return len(self.ffn)
 
+    @property
+    def residual_stages(self) -> list[torch.Tensor]:
+        """The residual scores of every stage (a plain model's single tensor is its one stage)."""
+        return list(self.residual) if isinstance(self.residual, (list, tuple)) else [self.residual]
+
     def _tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {"residual": self.residual}
+        if isinstance(self.residual, torch.Tensor):  # plain models: the one-stage format, unchanged
+            tensors = {"residual": self.residual}
+        else:
+            tensors = {f"residual.{stage}": tensor for stage, tensor in enumerate(self.residual)}
         for name, per_layer in (("attention", self.attention), ("ffn", self.ffn)):
             tensors.update({f"{name}.{layer}": tensor for layer, tensor in enumerate(per_layer)})
         return tensors
 
-    def check_origin(self, model: Any, widths: Widths) -> None:
+    def check_origin(self, model: Any, widths: AnyWidths) -> None:
         """ValueError when the scores record another model (or other widths) than `model`: scores of a
         different checkpoint with the same shapes would prune it by meaningless rankings."""
         recorded_model, recorded_widths = self.meta.get("model"), self.meta.get("widths")
@@ -98,22 +114,30 @@ class ImportanceScores:
             raise ValueError(f"the scores were computed on a model with widths {recorded_widths}, this one has "
                              f"{widths.as_dict()} (pass force / --force to use them anyway)")
 
-    def check_matches(self, widths: Widths) -> None:
+    def check_matches(self, widths: AnyWidths) -> None:
         """ValueError unless these scores are finite and have the shapes of a model with `widths`."""
         check_finite(self._tensors(), "the scores")
         problems = []
-        if tuple(self.residual.shape) != (widths.hidden_size,):
-            problems.append(f"residual scores have shape {tuple(self.residual.shape)}, expected ({widths.hidden_size},)")
+        stages = self.residual_stages
+        if len(stages) != len(widths.stages):
+            problems.append(f"they have residual scores for {len(stages)} stage(s), the model has {len(widths.stages)}")
+        for stage, (scores, stage_widths) in enumerate(zip(stages, widths.stages)):
+            if tuple(scores.shape) != (stage_widths.hidden_size,):
+                where = f" of stage {stage}" if len(stages) > 1 else ""
+                problems.append(f"residual scores{where} have shape {tuple(scores.shape)}, "
+                                f"expected ({stage_widths.hidden_size},)")
         if self.num_layers != widths.num_hidden_layers:
             problems.append(f"they cover {self.num_layers} layers, the model has {widths.num_hidden_layers}")
-        for name, per_layer, width in (
-            ("attention", self.attention, widths.attention_width),
-            ("ffn", self.ffn, widths.intermediate_size),
-        ):
-            bad = [layer for layer, s in enumerate(per_layer) if tuple(s.shape) != (width,)]
-            if bad:
-                shape = tuple(per_layer[bad[0]].shape)
-                problems.append(f"{name} scores of layer {bad[0]} have shape {shape}, expected ({width},)")
+        else:
+            for name, per_layer, width_of in (
+                ("attention", self.attention, lambda w: w.attention_width),
+                ("ffn", self.ffn, lambda w: w.intermediate_size),
+            ):
+                expected = [width_of(layer_widths(widths, layer)) for layer in range(self.num_layers)]
+                bad = [layer for layer, s in enumerate(per_layer) if tuple(s.shape) != (expected[layer],)]
+                if bad:
+                    shape = tuple(per_layer[bad[0]].shape)
+                    problems.append(f"{name} scores of layer {bad[0]} have shape {shape}, expected ({expected[bad[0]]},)")
         if problems:
             raise ValueError("scores do not match the model: " + "; ".join(problems))
 
@@ -125,14 +149,16 @@ class ImportanceScores:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ImportanceScores:
         tensors, meta = load_scores_file(path)
-        if "residual" not in tensors:
+        num_stages = sum(1 for key in tensors if key.startswith("residual."))
+        if "residual" not in tensors and not num_stages:
             raise ValueError(f"{str(path)!r} is not an upvit scores file (no 'residual' tensor)")
         num_layers = sum(1 for key in tensors if key.startswith("ffn."))
         missing = [key for i in range(num_layers) for key in (f"attention.{i}", f"ffn.{i}") if key not in tensors]
+        missing += [f"residual.{s}" for s in range(num_stages) if "residual" not in tensors and f"residual.{s}" not in tensors]
         if missing:
             raise ValueError(f"{str(path)!r} is not a complete upvit scores file (missing {', '.join(missing[:3])})")
         return cls(
-            residual=tensors["residual"],
+            residual=tensors["residual"] if "residual" in tensors else [tensors[f"residual.{s}"] for s in range(num_stages)],
             attention=[tensors[f"attention.{i}"] for i in range(num_layers)],
             ffn=[tensors[f"ffn.{i}"] for i in range(num_layers)],
             meta=meta,
@@ -144,7 +170,9 @@ class BlockScores:
     """Importance of the removable depth units; larger means more important.
 
     `block[i]` is Σ KL over the proxy set with block i skipped (both of its residual branches);
-    `hybrid[i]` with the FFN half of block i and the attention half of block i+1 skipped. Same semantics
+    `hybrid[i]` with the FFN half of block i and the attention half of block i+1 skipped. In a hierarchical
+    model a hybrid across two stages is scored likewise (the next stage's patch embedding still runs between
+    its branches) but is no removable unit: depth pruning never picks it. Same semantics
     as channel scores (natural log, q the unpruned model's output, positions weighted for language models).
     """
 

@@ -11,12 +11,13 @@ import os
 
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .base import ModelAdapter, ParamSlice, RefitMap, Widths
+from .base import AnyWidths, ModelAdapter, ParamSlice, RefitMap, StagedWidths, Widths, from_stages, layer_stages, layer_widths
 from .gpt2 import GPT2Adapter
+from .pvt_v2 import PvtV2Adapter
 from .transfo_xl import TransfoXLAdapter
 from .vit import ViTAdapter
 
-ADAPTERS: list[type[ModelAdapter]] = [ViTAdapter, GPT2Adapter, TransfoXLAdapter]
+ADAPTERS: list[type[ModelAdapter]] = [ViTAdapter, GPT2Adapter, TransfoXLAdapter, PvtV2Adapter]
 
 REGISTRY: dict[str, type[ModelAdapter]] = {t: adapter for adapter in ADAPTERS for t in adapter.model_types}
 """`config.model_type` -> the adapter of that family."""
@@ -65,12 +66,17 @@ def load_pretrained(name_or_path: str | os.PathLike, config: PretrainedConfig | 
 __all__ = [
     "ADAPTERS",
     "REGISTRY",
+    "AnyWidths",
     "ModelAdapter",
     "ParamSlice",
     "RefitMap",
+    "StagedWidths",
     "Widths",
     "adapter_class_for_config",
     "adapter_for",
+    "from_stages",
+    "layer_stages",
+    "layer_widths",
     "load_pretrained",
     "supported_classes",
 ]

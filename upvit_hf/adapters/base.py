@@ -5,7 +5,8 @@ adding one adapter file. An adapter answers three questions:
 
 * where the channels live: for each component, the state-dict tensors (and axes) a channel index selects;
 * how to run the model in pieces: embed → residual branches (two per layer) → readout, so a scorer can
-  cache the input of any branch and run only the suffix;
+  cache the input of any branch and run only the suffix; hierarchical models (PVTv2) add a transition at the
+  start of every stage (its patch embedding), and each stage has its own residual component and width;
 * where to tap the activations to mask a channel (writers into the residual stream, LayerNorms, the
   attention q/k/v outputs, the FFN activations) and which config keys hold the widths.
 
@@ -38,7 +39,8 @@ Branch = Callable[[torch.Tensor, Context], torch.Tensor]
 
 @dataclass(frozen=True)
 class Widths:
-    """The widths UP-ViTs changes, in family-independent names."""
+    """The widths UP-ViTs changes, in family-independent names: those of a plain (one-stage) model, or of one
+    stage of a hierarchical one (see `StagedWidths`)."""
 
     hidden_size: int
     num_attention_heads: int
@@ -50,8 +52,48 @@ class Widths:
     def attention_width(self) -> int:
         return self.num_attention_heads * self.head_dim
 
+    @property
+    def stages(self) -> tuple[Widths, ...]:
+        """A plain model is the one-stage case."""
+        return (self,)
+
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class StagedWidths:
+    """The widths of a hierarchical model (PVTv2): one `Widths` per stage, each stage with its own residual
+    width. Layers (blocks) are numbered globally, stage by stage."""
+
+    stages: tuple[Widths, ...]
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return sum(stage.num_hidden_layers for stage in self.stages)
+
+    def as_dict(self) -> dict[str, list[int]]:
+        """Per-stage lists under the one-stage names (what the pruning record and model card show)."""
+        return {key: [stage.as_dict()[key] for stage in self.stages] for key in self.stages[0].as_dict()}
+
+
+AnyWidths = Widths | StagedWidths
+"""What `ModelAdapter.read_widths` returns; code that serves both iterates `.stages`."""
+
+
+def from_stages(stages: list[Widths] | tuple[Widths, ...]) -> AnyWidths:
+    """`Widths` for one stage (plain models keep their type), `StagedWidths` otherwise."""
+    return stages[0] if len(stages) == 1 else StagedWidths(tuple(stages))
+
+
+def layer_stages(widths: AnyWidths) -> list[int]:
+    """The stage of every layer, in global layer order."""
+    return [s for s, stage in enumerate(widths.stages) for _ in range(stage.num_hidden_layers)]
+
+
+def layer_widths(widths: AnyWidths, layer: int) -> Widths:
+    """The widths of the stage that holds `layer`."""
+    return widths.stages[layer_stages(widths)[layer]]
 
 
 @dataclass(frozen=True)
@@ -111,6 +153,23 @@ def _mapped_classes(auto: type, config_class: type[PretrainedConfig]) -> tuple[t
     return mapped if isinstance(mapped, tuple) else (mapped,)
 
 
+@dataclass(frozen=True)
+class Pieces:
+    """The network between `embed` and `readout` as a list of steps (hidden, context) -> hidden.
+
+    `branch_steps[i]` is the step of residual branch i; `stage_entries[s]` the first step of stage s (its
+    transition where it has one, else its first branch): residual masks of stage s apply from there on, and
+    the stream is zeroed at removed channels just before the stage's first branch.
+    """
+
+    steps: list[Branch]
+    branch_steps: list[int]
+    stage_entries: list[int]
+
+    def first_branch_step(self, widths: AnyWidths, stage: int) -> int:
+        return self.branch_steps[2 * sum(w.num_hidden_layers for w in widths.stages[:stage])]
+
+
 class ModelAdapter(ABC):
     """Family knowledge for one kind of model; see the module docstring."""
 
@@ -129,6 +188,8 @@ class ModelAdapter(ABC):
     """State-dict key prefixes, relative to a block, of its attention half and of its FFN half."""
     head_dim_follows_hidden: ClassVar[bool] = False
     """True where the stock architecture derives head_dim as hidden_size // heads (no separate key)."""
+    intermediate_follows_hidden: ClassVar[bool] = False
+    """True where the stock architecture builds the FFN as hidden_size × an integer ratio (PVTv2)."""
     required_inputs: ClassVar[tuple[str, ...]] = ()
     optional_inputs: ClassVar[tuple[str, ...]] = ()
 
@@ -151,12 +212,12 @@ class ModelAdapter(ABC):
 
     @classmethod
     @abstractmethod
-    def read_widths(cls, config: PretrainedConfig) -> Widths:
-        """The current widths, read from the family's config keys."""
+    def read_widths(cls, config: PretrainedConfig) -> AnyWidths:
+        """The current widths, read from the family's config keys (`StagedWidths` for hierarchical models)."""
 
     @classmethod
     @abstractmethod
-    def write_widths(cls, config: PretrainedConfig, widths: Widths) -> None:
+    def write_widths(cls, config: PretrainedConfig, widths: AnyWidths) -> None:
         """Set the family's config keys (in place) so a stock model of `widths` is built from it."""
 
     @classmethod
@@ -224,17 +285,27 @@ class ModelAdapter(ABC):
         return None
 
     @property
-    def widths(self) -> Widths:
+    def widths(self) -> AnyWidths:
         return self.read_widths(self.model.config)
 
-    def check_widths(self, widths: Widths) -> None:
+    @property
+    def num_stages(self) -> int:
+        return len(self.widths.stages)
+
+    def require_one_stage(self, what: str) -> None:
+        """ValueError for a hierarchical model where `what` handles one residual width only."""
+        if self.num_stages > 1:
+            raise ValueError(f"{what} does not support hierarchical models ({type(self.model).__name__} has "
+                             f"{self.num_stages} stages) yet; use method='kl' (exact scores)")
+
+    def check_widths(self, widths: AnyWidths) -> None:
         """Raise ValueError for widths this family's stock architecture cannot express."""
 
     def query_scale(self, old_head_dim: int, new_head_dim: int) -> float:
         """Factor folded into the query rows so `q·k / sqrt(head_dim)` keeps its value when head_dim changes."""
         return math.sqrt(new_head_dim / old_head_dim)
 
-    def pruned_config(self, widths: Widths) -> PretrainedConfig:
+    def pruned_config(self, widths: AnyWidths) -> PretrainedConfig:
         config = copy.deepcopy(self.model.config)
         self.write_widths(config, widths)
         return config
@@ -267,8 +338,8 @@ class ModelAdapter(ABC):
         `config` (in place) where that layout needs a different setting. By default nothing to do."""
 
     @abstractmethod
-    def residual_slices(self) -> list[ParamSlice]:
-        """Component 1: every tensor that a residual (hidden) channel touches."""
+    def residual_slices(self, stage: int = 0) -> list[ParamSlice]:
+        """Component 1 (of `stage`; plain models have stage 0 only): every tensor a residual channel touches."""
 
     @abstractmethod
     def attention_slices(self, layer: int) -> list[ParamSlice]:
@@ -309,6 +380,28 @@ class ModelAdapter(ABC):
     def branches(self) -> list[Branch]:
         """The 2·L residual branches in order: attention of layer 0, FFN of layer 0, attention of layer 1, …"""
 
+    def transitions(self) -> list[Branch | None]:
+        """One entry per stage: the map from the stream leaving the previous stage (for stage 0, `embed`'s
+        output) to the residual stream of this stage (a hierarchical model's patch embedding), or None where
+        the stage's stream is that input itself (plain models: `[None]`). It runs under the masks of its own
+        stage (its writers and norms belong to that stage's residual component)."""
+        return [None]
+
+    def pieces(self) -> Pieces:
+        """Transitions and branches as one list of steps, for scorers that cache the input of any step."""
+        branches, transitions = self.branches(), self.transitions()
+        steps: list[Branch] = []
+        branch_steps: list[int] = []
+        entries: list[int] = []
+        for stage, widths in enumerate(self.widths.stages):
+            entries.append(len(steps))
+            if transitions[stage] is not None:
+                steps.append(transitions[stage])
+            for branch in branches[len(branch_steps): len(branch_steps) + 2 * widths.num_hidden_layers]:
+                branch_steps.append(len(steps))
+                steps.append(branch)
+        return Pieces(steps, branch_steps, entries)
+
     @abstractmethod
     def readout(self, hidden: torch.Tensor, context: Context) -> torch.Tensor:
         """Logits of the scored output distribution (final norm and head)."""
@@ -328,12 +421,13 @@ class ModelAdapter(ABC):
 
     # ------------------------------------------------------------------ masking taps
     @abstractmethod
-    def residual_writers(self) -> list[nn.Module]:
-        """Modules whose output is added into the residual stream (masking their output zeroes a channel)."""
+    def residual_writers(self, stage: int = 0) -> list[nn.Module]:
+        """Modules whose output is added into the residual stream of `stage` (masking their output zeroes a
+        channel; convolutions are masked along their channel axis 1, everything else along the last)."""
 
     @abstractmethod
-    def residual_norms(self) -> list[nn.LayerNorm]:
-        """Every LayerNorm over the residual width (masked ones normalize over the kept channels only)."""
+    def residual_norms(self, stage: int = 0) -> list[nn.LayerNorm]:
+        """Every LayerNorm over the residual width of `stage` (masked ones normalize over kept channels only)."""
 
     @abstractmethod
     def attention_taps(self, layer: int) -> list[nn.Module]:

@@ -114,7 +114,7 @@ class GPT2Adapter(ModelAdapter):
             heads.append(model.score.weight)
         return heads
 
-    def residual_slices(self) -> list[ParamSlice]:
+    def residual_slices(self, stage: int = 0) -> list[ParamSlice]:
         # nn.Embedding / nn.Linear heads: [*, hidden] -> axis 1; Conv1D [in, out].
         columns = [self.backbone.wte.weight, self.backbone.wpe.weight, *self._head_weights()]
         rows = []  # Conv1D inputs (axis 0), 1-d tensors (axis 0)
@@ -236,10 +236,10 @@ class GPT2Adapter(ModelAdapter):
         return mask.view(inputs["input_ids"].shape[0], -1)
 
     # ------------------------------------------------------------------ masking taps
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self, stage: int = 0) -> list[nn.Module]:
         return [m for layer in self.layers for m in (layer.attn.c_proj, layer.mlp.c_proj)]
 
-    def residual_norms(self) -> list[nn.LayerNorm]:
+    def residual_norms(self, stage: int = 0) -> list[nn.LayerNorm]:
         return [n for layer in self.layers for n in (layer.ln_1, layer.ln_2)] + [self.backbone.ln_f]
 
     def attention_taps(self, layer: int) -> list[nn.Module]:

@@ -152,7 +152,7 @@ class TransfoXLAdapter(ModelAdapter):
     def _bias_slices(self, layer: int) -> list[ParamSlice]:
         return [ParamSlice(self._bias_key(layer, which), 0) for which in R_BIASES]
 
-    def residual_slices(self) -> list[ParamSlice]:
+    def residual_slices(self, stage: int = 0) -> list[ParamSlice]:
         emb, crit = self.backbone.word_emb, self.crit
         rows, columns = [], []
         if self._projected(self.model.config):
@@ -234,10 +234,10 @@ class TransfoXLAdapter(ModelAdapter):
         return self.model.log_probs(hidden) if isinstance(self.model, TransfoXLLMHeadModel) else hidden
 
     # ------------------------------------------------------------------ masking taps
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self, stage: int = 0) -> list[nn.Module]:
         return [m for layer in self.layers for m in (layer.dec_attn.o_net, layer.pos_ff.CoreNet[3])]
 
-    def residual_norms(self) -> list[nn.LayerNorm]:
+    def residual_norms(self, stage: int = 0) -> list[nn.LayerNorm]:
         return [n for layer in self.layers for n in (layer.dec_attn.layer_norm, layer.pos_ff.layer_norm)]
 
     def attention_taps(self, layer: int) -> list[nn.Module]:

@@ -77,7 +77,7 @@ class ViTAdapter(ModelAdapter):
             return [model.decoder[0]]
         return [model.classifier]
 
-    def residual_slices(self) -> list[ParamSlice]:
+    def residual_slices(self, stage: int = 0) -> list[ParamSlice]:
         emb = self.backbone.embeddings
         tokens = [emb.cls_token, getattr(emb, "distillation_token", None), emb.position_embeddings, emb.mask_token]
         out_rows = [emb.patch_embeddings.projection.weight, emb.patch_embeddings.projection.bias]
@@ -140,10 +140,10 @@ class ViTAdapter(ModelAdapter):
         return model.classifier(sequence[:, 0])
 
     # ------------------------------------------------------------------ masking taps
-    def residual_writers(self) -> list[nn.Module]:
+    def residual_writers(self, stage: int = 0) -> list[nn.Module]:
         return [m for layer in self.layers for m in (layer.attention.o_proj, layer.mlp.fc2)]
 
-    def residual_norms(self) -> list[nn.LayerNorm]:
+    def residual_norms(self, stage: int = 0) -> list[nn.LayerNorm]:
         norms = [n for layer in self.layers for n in (layer.layernorm_before, layer.layernorm_after)]
         return norms + [self.backbone.layernorm]
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoConfig, PreTrainedModel
 
 from ..adapters import adapter_class_for_config, load_pretrained
@@ -62,10 +63,10 @@ def load_config(name_or_path: str):
                        f"({str(err).splitlines()[0]})") from err
 
 
-def load_model(name_or_path: str) -> PreTrainedModel:
+def load_model(name_or_path: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """The model as the class its checkpoint was saved as (heads kept); one line naming the supported classes
-    for a class no adapter supports."""
-    return load_pretrained(name_or_path, config=load_config(name_or_path)).eval()
+    for a class no adapter supports. In `dtype` if given, else in the dtype the checkpoint was stored in."""
+    return load_pretrained(name_or_path, config=load_config(name_or_path), dtype=dtype).eval()
 
 
 def modality(model: PreTrainedModel) -> str:
@@ -102,8 +103,6 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--labels-per-input", type=positive_int, default=DEFAULT_LABELS_PER_INPUT, metavar="K",
                        help="fisher/hybrid: labels from the model's own output per input (per token for language "
                             f"models), one backward pass each (default {DEFAULT_LABELS_PER_INPUT})")
-    group.add_argument("--variants-per-pass", type=positive_int, default=16,
-                       help="channel removals evaluated per forward pass; bounds memory (default 16)")
 
 
 def needs_proxy(method: str) -> bool:
@@ -111,10 +110,10 @@ def needs_proxy(method: str) -> bool:
     return method in ("kl", "fisher", "hybrid")
 
 
-def score_with_arguments(pruner, args: argparse.Namespace, proxy):
-    """`pruner.score` with the method options of the proxy arguments."""
+def score_with_arguments(pruner, args: argparse.Namespace, proxy, **scale: Any):
+    """`pruner.score` with the method options of the proxy arguments (and the exact pass's `scale` options)."""
     return pruner.score(proxy, method=args.method, variants_per_pass=args.variants_per_pass, seed=args.seed,
-                        labels_per_input=args.labels_per_input)
+                        labels_per_input=args.labels_per_input, **scale)
 
 
 def build_proxy(args: argparse.Namespace, model_name: str, model: PreTrainedModel) -> list[dict]:
@@ -136,12 +135,23 @@ def build_proxy(args: argparse.Namespace, model_name: str, model: PreTrainedMode
                           batch_size=args.batch_size)
 
 
+def per_stage(text: str) -> int | tuple[int, ...]:
+    """A positive int, or comma-separated ones with one per stage of a hierarchical model (PVTv2): `32,64,160,256`."""
+    try:
+        values = tuple(positive_int(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or comma-separated positive integers "
+                                         f"(one per stage), got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("target widths (the same in every layer)")
-    group.add_argument("--hidden-size", type=positive_int, help="residual width")
-    group.add_argument("--num-heads", type=positive_int, help="attention heads (must divide the current count)")
-    group.add_argument("--intermediate-size", type=positive_int, help="FFN width")
-    group.add_argument("--head-dim", type=positive_int, help="dims per head (default hidden-size // num-heads)")
+    group = parser.add_argument_group("target widths (the same in every layer; hierarchical models (PVTv2) "
+                                      "take one comma-separated value per stage)")
+    group.add_argument("--hidden-size", type=per_stage, help="residual width")
+    group.add_argument("--num-heads", type=per_stage, help="attention heads (must divide the current count)")
+    group.add_argument("--intermediate-size", type=per_stage, help="FFN width")
+    group.add_argument("--head-dim", type=per_stage, help="dims per head (default hidden-size // num-heads)")
     group.add_argument("--ratio", type=float, help="keep this fraction of every component instead")
 
 

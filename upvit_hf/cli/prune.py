@@ -22,9 +22,10 @@ from .common import (
     needs_proxy,
     score_with_arguments,
     path_arg,
-    positive_int,
+    per_stage,
     target_from_arguments,
 )
+from .scale import add_scale_arguments, scale_options, scoring_processes
 
 EXAMPLE = """examples:
   upvit prune --model facebook/deit-base-patch16-224 --scores deit-b.scores.safetensors \\
@@ -33,6 +34,8 @@ EXAMPLE = """examples:
   upvit prune --model ./tiny-vit --dataset ./digits --num-layers 3 --output ./shallow
   upvit prune --model ./tiny-vit --dataset ./digits --ratio 0.75 --reconstruct --proxy-size 512 --output ./recon
   upvit prune --model ./tiny-vit --dataset ./digits --method fisher --refine-band 0.1 --ratio 0.5 --output ./half
+  upvit prune --model OpenGVLab/pvt_v2_b2 --dataset imagenet-1k --hidden-size 32,64,160,256 \
+      --num-heads 1,2,5,8 --intermediate-size 256,512,640,1024 --num-layers 2,2,2,2 --output ./up-pvt-v2-b0
 """
 
 
@@ -44,8 +47,9 @@ def register(subparsers) -> None:
     parser.add_argument("--scores", type=path_arg, help="scores file from `upvit score` (otherwise scored on the fly)")
     parser.add_argument("--force", action="store_true",
                         help="use --scores even though they record another model or other widths")
-    parser.add_argument("--num-layers", type=positive_int,
-                        help="also remove blocks progressively down to this depth")
+    parser.add_argument("--num-layers", type=per_stage,
+                        help="also remove blocks progressively down to this depth "
+                             "(hierarchical models: a total, or one per stage: 2,2,2,2)")
     parser.add_argument("--refine-band", type=float, metavar="F",
                         help="re-score with exact KL the channels ranked within ±F·width of each component's cut "
                              "(approximate scores from --scores or --method; needs --dataset)")
@@ -55,16 +59,26 @@ def register(subparsers) -> None:
                              "better quality before fine-tuning)")
     add_target_arguments(parser)
     add_proxy_arguments(parser)
+    add_scale_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    """The model keeps its stored dtype (the pruned one is saved in it); scoring on the fly runs in float32
+    anyway (the proxy pass's dtype policy). Under several processes each scores its shard and the first
+    saves the model."""
     check_output_argument(args.output, args.overwrite)
     if args.num_layers is not None and args.scores is not None:
         raise CLIError("--scores cannot be combined with --num-layers: the widths are scored on the model the "
                        "depth step leaves; drop --scores (scored on the fly) or prune depth first")
     scores = ImportanceScores.load(args.scores) if args.scores is not None else None  # unreadable: fail first
-    model = load_model(args.model)
+    options = scale_options(args)
+    with scoring_processes() as state:
+        _prune(args, scores, options, state.device, state.is_main_process)
+
+
+def _prune(args: argparse.Namespace, scores: ImportanceScores | None, options: dict, device, is_main: bool) -> None:
+    model = load_model(args.model).to(device)
     target = target_from_arguments(args, model.config)
     if target is None and args.num_layers is None:
         raise CLIError("nothing to do: give target widths (--hidden-size/--num-heads/--intermediate-size or "
@@ -91,15 +105,22 @@ def run(args: argparse.Namespace) -> None:
         proxy = build_proxy(args, args.model, model)
     pruned = model
     if args.num_layers is not None:
-        pruned = pruner.prune_blocks(proxy, num_hidden_layers=args.num_layers, reconstruct=args.reconstruct)
+        pruned = pruner.prune_blocks(proxy, num_hidden_layers=args.num_layers,
+                                     variants_per_pass=args.variants_per_pass, reconstruct=args.reconstruct, **options)
         pruner = UPPruner(pruned)
     if target is not None:
         if scores is None:
-            scores = score_with_arguments(pruner, args, proxy)
+            width_options = {k: v for k, v in options.items() if k != "checkpoint"}
+            if "checkpoint" in options:  # the depth steps keep theirs at CHECKPOINT.stepK
+                width_options["checkpoint"] = options["checkpoint"] + ".width"
+            scores = score_with_arguments(pruner, args, proxy, **(width_options if args.method == "kl" else {}))
         if args.refine_band is not None:
             scores = pruner.refine(scores, target, proxy, band=args.refine_band,
                                    variants_per_pass=args.variants_per_pass)
-        pruned = pruner.prune(target, scores, force=args.force, reconstruct=proxy if args.reconstruct else None)
+        pruned = pruner.prune(target, scores, force=args.force,
+                              reconstruct=proxy if args.reconstruct else None)
+    if not is_main:
+        return
     original_stats, pruned_stats = model_stats(model), model_stats(pruned)
     with atomic_path(args.output, directory=True, overwrite=args.overwrite) as tmp:
         pruned.save_pretrained(tmp)

@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for split in (train_ds, eval_ds):
         check_columns(split, [image_column, data_args.label_column])
 
-    (size, _), channels = family.image_size(student.config), family.num_channels(student.config)
+    (size, width), channels = family.image_size(student.config), family.num_channels(student.config)
+    if size != width:
+        raise ValueError(f"the distillation transforms make square images; the student's images are {size}×{width}")
     mean, std = normalization(model_args.teacher, channels)
     common = dict(
         args=data_args, image_column=image_column, size=size, channels=channels, mean=mean, std=std,

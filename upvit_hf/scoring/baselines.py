@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters import ModelAdapter, ParamSlice
-from ..scores import ImportanceScores
+from ..adapters import ModelAdapter, ParamSlice, layer_widths
+from ..scores import ImportanceScores, pack_residual
 
 
 def _l1(adapter: ModelAdapter, slices: list[ParamSlice], width: int) -> torch.Tensor:
@@ -32,9 +32,9 @@ def magnitude_scores(adapter: ModelAdapter) -> ImportanceScores:
     widths = adapter.widths
     layers = range(widths.num_hidden_layers)
     return ImportanceScores(
-        residual=_l1(adapter, adapter.residual_slices(), widths.hidden_size),
-        attention=[_l1(adapter, adapter.attention_slices(l), widths.attention_width) for l in layers],
-        ffn=[_l1(adapter, adapter.ffn_slices(l), widths.intermediate_size) for l in layers],
+        residual=pack_residual([_l1(adapter, adapter.residual_slices(s), w.hidden_size) for s, w in enumerate(widths.stages)]),
+        attention=[_l1(adapter, adapter.attention_slices(l), layer_widths(widths, l).attention_width) for l in layers],
+        ffn=[_l1(adapter, adapter.ffn_slices(l), layer_widths(widths, l).intermediate_size) for l in layers],
         meta={"method": "magnitude"},
     )
 
@@ -46,8 +46,8 @@ def random_scores(adapter: ModelAdapter, seed: int = 0) -> ImportanceScores:
     draw = lambda n: torch.rand(n, generator=generator, dtype=torch.float64)  # noqa: E731
     layers = range(widths.num_hidden_layers)
     return ImportanceScores(
-        residual=draw(widths.hidden_size),
-        attention=[draw(widths.attention_width) for _ in layers],
-        ffn=[draw(widths.intermediate_size) for _ in layers],
+        residual=pack_residual([draw(w.hidden_size) for w in widths.stages]),
+        attention=[draw(layer_widths(widths, l).attention_width) for l in layers],
+        ffn=[draw(layer_widths(widths, l).intermediate_size) for l in layers],
         meta={"method": "random", "seed": seed},
     )

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from ..adapters import ModelAdapter
+from ..adapters import ModelAdapter, layer_stages
 from ..scores import BlockScores
-from .exact import ProxyPass, log_probs, stacked_kl
+from .exact import log_probs, stacked_kl
+from .proxy_pass import ProxyPass
 
 
 def branch_evaluations(num_layers: int) -> tuple[int, int]:
@@ -38,39 +39,61 @@ class BlockKLScorer:
     At most `variants_per_pass` units are stacked along the batch at once; memory grows linearly with it.
     """
 
-    def __init__(self, adapter: ModelAdapter, variants_per_pass: int = 8, show_progress: bool = True):
-        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress)
-        self.adapter, self.variants_per_pass = adapter, variants_per_pass
+    def __init__(self, adapter: ModelAdapter, variants_per_pass: int | str = 8, show_progress: bool = True,
+                 **scale: Any):
+        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress, **scale)
+        self.adapter = adapter
+
+    @property
+    def variants_per_pass(self) -> int:
+        return self.proxy_pass.variants_per_pass
 
     def score(self, proxy: Iterable[Mapping[str, Any]]) -> BlockScores:
         num_layers = self.adapter.widths.num_hidden_layers
-        units = torch.zeros(2 * num_layers - 1, dtype=torch.float64)
+        units = torch.zeros(2 * num_layers - 1, dtype=torch.float64, device=self.proxy_pass.device)
         samples = self.proxy_pass.run(proxy, units.numel(), "unit", f"UP-ViTs block scores ({num_layers} blocks)",
-                                 lambda inputs, bar: self._score_batch(inputs, units, bar))
+                                      lambda inputs, bar: self._score_batch(inputs, units, bar),
+                                      sums={"units": units}, method="blocks")
+        units = units.cpu()
         return BlockScores(units[0::2].clone(), units[1::2].clone(), meta={"method": "kl", "proxy_size": samples})
 
     def _score_batch(self, inputs, units: torch.Tensor, bar) -> int:
         adapter = self.adapter
+        stages = layer_stages(adapter.widths)
         embedded, context = adapter.embed(inputs)
         weights = adapter.token_weights(inputs)
-        branches = adapter.branches()
-        cache = [embedded]  # cache[j] is the input of branch j; cache[-1] the final hidden state
-        for branch in branches:
-            cache.append(branch(cache[-1], context))
+        pieces = adapter.pieces()
+        steps, at = pieces.steps, pieces.branch_steps
+        cache = [embedded]  # cache[j] is the input of step j; cache[-1] the final hidden state
+        for step in steps:
+            cache.append(step(cache[-1], context))
         reference = log_probs(adapter.readout(cache[-1], context))
 
-        for group in torch.arange(units.numel()).split(self.variants_per_pass):
-            first, last = int(group[0]), int(group[-1])
-            # unit k skips branches k and k+1: it enters the stack with cache[k] just before branch k+2
-            hidden = cache[first]
-            stacked = context
-            for j in range(first + 2, len(branches) + 1):
-                joining = j - 2
-                if first < joining <= last:
-                    hidden = torch.cat([hidden, cache[joining]])
-                    stacked = adapter.repeat_context(context, joining - first + 1)
-                if j < len(branches):
-                    hidden = branches[j](hidden, stacked)
-            units[group] += stacked_kl(adapter, hidden, context, reference, weights, len(group)).cpu()
+        # A hybrid across two stages (FFN of a stage's last block, attention of the next stage's first) has
+        # the next stage's patch embedding between its branches: it is scored on its own, running that
+        # transition, and depth pruning never removes it (the stock architecture cannot express it).
+        crossing = [k for k in range(units.numel()) if stages[k // 2] != stages[(k + 1) // 2]]
+        for k in crossing:
+            hidden = cache[at[k]]
+            for j in range(at[k] + 1, len(steps)):
+                if j != at[k + 1]:
+                    hidden = steps[j](hidden, context)
+            units[k] += stacked_kl(adapter, hidden, context, reference, weights, 1)[0]
+            bar.update(1)
+        adjacent = [k for k in range(units.numel()) if k not in crossing]
+        for group in torch.tensor(adjacent, dtype=torch.long).split(self.variants_per_pass):
+            first = int(group[0])
+            # unit k skips branches k and k+1 (adjacent steps): it enters the stack with the cached input of
+            # branch k just before the step after branch k+1
+            joins = {at[int(k) + 1] + 1: int(k) for k in group[1:]}
+            hidden, stacked, stacked_units = cache[at[first]], context, 1
+            for j in range(at[first + 1] + 1, len(steps) + 1):
+                if j in joins:
+                    hidden = torch.cat([hidden, cache[at[joins[j]]]])
+                    stacked_units += 1
+                    stacked = adapter.repeat_context(context, stacked_units)
+                if j < len(steps):
+                    hidden = steps[j](hidden, stacked)
+            units[group] += stacked_kl(adapter, hidden, context, reference, weights, len(group))
             bar.update(len(group))
         return embedded.shape[0]

@@ -4,22 +4,26 @@ For every channel c: `score(c) = Σ_x KL(q(x) ‖ p_c(x))`, q the original outpu
 output with c removed (summed over token positions for language models). Two things make it fast while
 staying exact: many removals ("variants") are stacked along the batch dimension and evaluated in one
 pass through masks, and for channels inside layer l the input of that residual branch is computed once
-per batch, so each variant runs only the suffix of the network.
+per batch, so each variant runs only the suffix of the network. In a hierarchical model the residual
+channels of stage s run from the cached input of that stage's transition (its patch embedding) on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..adapters import ModelAdapter, Widths
-from ..scores import ImportanceScores
+from ..adapters import AnyWidths, ModelAdapter, layer_widths
+from ..scores import ImportanceScores, pack_residual
 from .masks import attention_masked, broadcast, ffn_masked, residual_masked
+from .proxy_pass import ProxyPass
 
 LOGITS_BUDGET = 2**20
 """Logit elements read out and compared at once (float64): bounds memory for large vocabularies, and at
@@ -28,63 +32,6 @@ LOGITS_BUDGET = 2**20
 COMPONENTS = ("residual", "attention", "ffn")
 
 Masking = Callable[[torch.Tensor], AbstractContextManager]
-
-
-def prepare_inputs(batch: Any, adapter: ModelAdapter) -> dict[str, torch.Tensor]:
-    """The model inputs of a proxy batch (labels and other keys ignored), on the model's device."""
-    if not isinstance(batch, Mapping):
-        raise ValueError(f"proxy batches must be dicts of model inputs, got {type(batch).__name__}")
-    missing = [name for name in adapter.required_inputs if name not in batch]
-    if missing:
-        raise ValueError(
-            f"a proxy batch is missing {', '.join(missing)}; {type(adapter.model).__name__} needs "
-            f"{', '.join(adapter.required_inputs)}, the batch has {', '.join(map(str, batch)) or 'no keys'}"
-        )
-    names = (*adapter.required_inputs, *adapter.optional_inputs)
-    device = adapter.model.device
-    return {name: torch.as_tensor(batch[name]).to(device) for name in names if batch.get(name) is not None}
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Score in eval mode (no dropout) whatever mode the model came in, and give it back as it was."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-class ProxyPass:
-    """One pass over a proxy set as every scorer makes it: inference mode (autograd on for scorers that
-    differentiate), the model in eval mode (and given back as it came), inputs checked, a progress bar
-    counting scored units, the samples counted."""
-
-    def __init__(self, adapter: ModelAdapter, variants_per_pass: int, show_progress: bool):
-        if variants_per_pass < 1:
-            raise ValueError(f"variants_per_pass must be >= 1, got {variants_per_pass}")
-        adapter.check_scorable()
-        self.adapter, self.show_progress = adapter, show_progress
-
-    def run(self, proxy: Iterable[Mapping[str, Any]], per_batch: int, unit: str, desc: str,
-            score_batch: Callable[[dict[str, torch.Tensor], Any], int], grad: bool = False) -> int:
-        """Call `score_batch(inputs, bar)` on every batch; returns the number of samples scored.
-
-        `grad=True` runs it with autograd enabled (gradient-based scorers) instead of in inference mode.
-        """
-        from transformers.utils.logging import tqdm
-
-        total = per_batch * len(proxy) if hasattr(proxy, "__len__") else None
-        samples = 0
-        with torch.enable_grad() if grad else torch.inference_mode(), eval_mode(self.adapter.model), tqdm(
-            total=total, unit=unit, desc=desc, disable=not self.show_progress
-        ) as bar:
-            for batch in proxy:
-                samples += score_batch(prepare_inputs(batch, self.adapter), bar)
-        if samples == 0:
-            raise ValueError("the proxy set is empty: pass at least one batch of model inputs")
-        return samples
 
 
 @dataclass
@@ -96,25 +43,32 @@ class ChannelSubset:
     ffn: list[torch.Tensor]
 
     @classmethod
-    def full(cls, widths: Widths, components: Iterable[str] = COMPONENTS) -> ChannelSubset:
+    def full(cls, widths: AnyWidths, components: Iterable[str] = COMPONENTS) -> ChannelSubset:
         """Every channel of the named components (of "residual", "attention", "ffn"), none of the others."""
         components = set(components)
         unknown = components - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown components {sorted(unknown)}; choose from {', '.join(COMPONENTS)}")
         fill = lambda name, width: torch.full((width,), name in components)  # noqa: E731
-        layers = range(widths.num_hidden_layers)
-        return cls(fill("residual", widths.hidden_size), [fill("attention", widths.attention_width) for _ in layers],
-                   [fill("ffn", widths.intermediate_size) for _ in layers])
+        layers = [layer_widths(widths, layer) for layer in range(widths.num_hidden_layers)]
+        return cls(pack_residual([fill("residual", w.hidden_size) for w in widths.stages]),
+                   [fill("attention", w.attention_width) for w in layers],
+                   [fill("ffn", w.intermediate_size) for w in layers])
+
+    @property
+    def residual_stages(self) -> list[torch.Tensor]:
+        """The residual masks of every stage (`residual` has the `ImportanceScores.residual` shape)."""
+        return list(self.residual) if isinstance(self.residual, (list, tuple)) else [self.residual]
 
     def count(self) -> int:
-        return int(self.residual.sum()) + sum(int(m.sum()) for m in (*self.attention, *self.ffn))
+        return sum(int(m.sum()) for m in (*self.residual_stages, *self.attention, *self.ffn))
 
     def cost(self) -> int:
         """Work of exact-scoring these channels, in branch applications + readouts to one copy of a batch:
-        a channel of branch j runs the suffix from branch j (residual channels: from the embedding)."""
+        a channel of branch j runs the suffix from branch j (residual channels: from the embedding; in a
+        hierarchical model from their stage's start, counted here as from the embedding)."""
         branches = 2 * len(self.ffn)
-        total = int(self.residual.sum()) * (branches + 1)
+        total = sum(int(m.sum()) for m in self.residual_stages) * (branches + 1)
         for layer, (attention, ffn) in enumerate(zip(self.attention, self.ffn)):
             total += int(attention.sum()) * (branches - 2 * layer + 1) + int(ffn.sum()) * (branches - 2 * layer)
         return total
@@ -122,36 +76,54 @@ class ChannelSubset:
     def as_dict(self) -> dict[str, Any]:
         """Channel indices per component (JSON-ready, for a scores file's meta)."""
         indices = lambda mask: mask.nonzero().flatten().tolist()  # noqa: E731
-        return {"residual": indices(self.residual), "attention": [indices(m) for m in self.attention],
+        residual = [indices(m) for m in self.residual_stages]
+        return {"residual": residual[0] if len(residual) == 1 else residual, "attention": [indices(m) for m in self.attention],
                 "ffn": [indices(m) for m in self.ffn]}
+
+    def digest(self) -> str:
+        """A short identity of the subset (names it in a checkpoint's key)."""
+        return hashlib.blake2b(json.dumps(self.as_dict()).encode(), digest_size=8).hexdigest()
 
 
 class ExactKLScorer:
     """Scores all channels of all components in one pass over the proxy set.
 
-    `variants_per_pass` channel removals are evaluated per forward pass; memory grows linearly with it.
+    `variants_per_pass` channel removals (or "auto": from free device memory) are evaluated per forward
+    pass; memory grows linearly with it. `scale` options (dtype, checkpoint, checkpoint_every, allow_tf32)
+    go to the `ProxyPass`.
     """
 
-    def __init__(self, adapter: ModelAdapter, variants_per_pass: int = 16, show_progress: bool = True):
-        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress)
-        self.adapter, self.variants_per_pass = adapter, variants_per_pass
+    def __init__(self, adapter: ModelAdapter, variants_per_pass: int | str = 16, show_progress: bool = True,
+                 **scale: Any):
+        self.proxy_pass = ProxyPass(adapter, variants_per_pass, show_progress, **scale)
+        self.adapter = adapter
+
+    @property
+    def variants_per_pass(self) -> int:
+        return self.proxy_pass.variants_per_pass
 
     def score(self, proxy: Iterable[Mapping[str, Any]], channels: ChannelSubset | None = None) -> ImportanceScores:
         """Scores of every channel, or only of `channels` (only their removals are run; the others are NaN)."""
         widths = self.adapter.widths
-        layers = range(widths.num_hidden_layers)
+        layers = [layer_widths(widths, layer) for layer in range(widths.num_hidden_layers)]
         subset = channels if channels is not None else ChannelSubset.full(widths)
-        residual = torch.zeros(widths.hidden_size, dtype=torch.float64)
-        attention = [torch.zeros(widths.attention_width, dtype=torch.float64) for _ in layers]
-        ffn = [torch.zeros(widths.intermediate_size, dtype=torch.float64) for _ in layers]
-        scores = ImportanceScores(residual, attention, ffn, meta={"method": "kl"})
         chosen = ImportanceScores(subset.residual, subset.attention, subset.ffn)
         chosen.check_matches(widths)
+        zeros = lambda width: torch.zeros(width, dtype=torch.float64, device=self.proxy_pass.device)  # noqa: E731
+        residual = [zeros(stage.hidden_size) for stage in widths.stages]
+        attention = [zeros(w.attention_width) for w in layers]
+        ffn = [zeros(w.intermediate_size) for w in layers]
+        sums = {**{f"residual.{s}": r for s, r in enumerate(residual)},
+                **{f"attention.{l}": a for l, a in enumerate(attention)}, **{f"ffn.{l}": f for l, f in enumerate(ffn)}}
         samples = self.proxy_pass.run(proxy, subset.count(), "channel", "UP-ViTs KL scores",
                                       lambda inputs, bar: self._score_batch(inputs, residual, attention, ffn, bar,
-                                                                            subset))
+                                                                            subset),
+                                      sums=sums, method="kl" if channels is None else f"kl subset {subset.digest()}")
+        residual, attention, ffn = [r.cpu() for r in residual], [a.cpu() for a in attention], [f.cpu() for f in ffn]
+        scores = ImportanceScores(pack_residual(residual), attention, ffn, meta={"method": "kl"})
         if channels is not None:
-            for values, mask in zip((residual, *attention, *ffn), (subset.residual, *subset.attention, *subset.ffn)):
+            for values, mask in zip((*residual, *attention, *ffn),
+                                    (*subset.residual_stages, *subset.attention, *subset.ffn)):
                 values[~mask] = float("nan")
             scores.meta["exact_channels"] = subset.count()
         scores.meta["proxy_size"] = samples
@@ -160,51 +132,60 @@ class ExactKLScorer:
     # ------------------------------------------------------------------ one proxy batch
     def _score_batch(self, inputs, residual, attention, ffn, bar, subset: ChannelSubset) -> int:
         adapter = self.adapter
+        widths = adapter.widths
         embedded, context = adapter.embed(inputs)
         weights = adapter.token_weights(inputs)
-        branches = adapter.branches()
-        cache = [embedded]  # cache[i] is the input of branch i
-        for branch in branches:
-            cache.append(branch(cache[-1], context))
+        pieces = adapter.pieces()
+        steps = pieces.steps
+        cache = [embedded]  # cache[i] is the input of step i
+        for step in steps:
+            cache.append(step(cache[-1], context))
         rows = embedded.shape[0]
         reference = log_probs(adapter.readout(cache[-1], context))
 
+        def run(hidden: torch.Tensor, start: int, stacked, masks: torch.Tensor, zero_at: int | None) -> torch.Tensor:
+            """Steps `start`… on `hidden`; the stream is multiplied by `masks` before step `zero_at`."""
+            for index in range(start, len(steps)):
+                if index == zero_at:  # a stage's residual stream starts here: its first writer's output
+                    hidden = hidden * broadcast(masks, hidden)
+                hidden = steps[index](hidden, stacked)
+            return hidden
+
         def sweep(scores: torch.Tensor, chosen: torch.Tensor, start: int, masking: Masking,
-                  reference: torch.Tensor, mask_input: bool = False) -> None:
+                  reference: torch.Tensor, zero_at: int | None = None) -> None:
             """Remove each chosen channel in turn (variants stacked along the batch), add its KL to `scores`."""
             width, channels = scores.numel(), chosen.nonzero().flatten()
             for chunk in channels.split(self.variants_per_pass) if len(channels) else ():
                 variants = len(chunk)
                 masks = variant_masks(chunk, width, rows, embedded)
-                hidden = cache[start].repeat(variants, *([1] * (embedded.dim() - 1)))
-                if mask_input:  # the embedding is the residual stream's first writer
-                    hidden = hidden * broadcast(masks, hidden)
+                hidden = cache[start].repeat(variants, *([1] * (cache[start].dim() - 1)))
                 stacked = adapter.repeat_context(context, variants)
                 with masking(masks):
-                    for branch in branches[start:]:
-                        hidden = branch(hidden, stacked)
+                    hidden = run(hidden, start, stacked, masks, zero_at)
                 # the readout (masked final norm for residual variants) re-enters the masks of its rows
                 kl = self._kl(hidden, context, reference, weights, variants, lambda r: masking(masks[r]))
-                scores[chunk] += kl.cpu()
+                scores[chunk] += kl
                 bar.update(variants)
 
-        def residual_masking(masks: torch.Tensor) -> AbstractContextManager:
-            return residual_masked(adapter, masks)
+        for stage, stage_scores in enumerate(residual):
+            def residual_masking(masks: torch.Tensor, stage=stage) -> AbstractContextManager:
+                return residual_masked(adapter, masks, stage)
 
-        if subset.residual.any():
+            if not subset.residual_stages[stage].any():
+                continue
+            entry, zero_at = pieces.stage_entries[stage], pieces.first_branch_step(widths, stage)
             # Masked LayerNorms round differently from stock ones: compare residual variants with the
             # unpruned model evaluated through the same masked path.
-            keep_all = embedded.new_ones(rows, residual.numel())
+            keep_all = embedded.new_ones(rows, stage_scores.numel())
             with residual_masking(keep_all):
-                hidden = embedded
-                for branch in branches:
-                    hidden = branch(hidden, context)
+                hidden = run(cache[entry], entry, context, keep_all, zero_at)
                 residual_reference = log_probs(adapter.readout(hidden, context))
-            sweep(residual, subset.residual, 0, residual_masking, residual_reference, mask_input=True)
+            sweep(stage_scores, subset.residual_stages[stage], entry, residual_masking, residual_reference, zero_at)
         for layer in range(len(attention)):
-            sweep(attention[layer], subset.attention[layer], 2 * layer,
+            attention_step, ffn_step = pieces.branch_steps[2 * layer], pieces.branch_steps[2 * layer + 1]
+            sweep(attention[layer], subset.attention[layer], attention_step,
                   lambda m: attention_masked(adapter, layer, m), reference)
-            sweep(ffn[layer], subset.ffn[layer], 2 * layer + 1, lambda m: ffn_masked(adapter, layer, m), reference)
+            sweep(ffn[layer], subset.ffn[layer], ffn_step, lambda m: ffn_masked(adapter, layer, m), reference)
         return rows
 
     def _kl(self, hidden, context, reference, weights, variants,

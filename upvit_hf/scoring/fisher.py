@@ -54,6 +54,7 @@ class FisherScorer:
                  show_progress: bool = True):
         if isinstance(labels_per_input, bool) or not isinstance(labels_per_input, int) or labels_per_input < 1:
             raise ValueError(f"labels_per_input must be a positive integer, got {labels_per_input!r}")
+        adapter.require_one_stage("Fisher scoring")
         self.proxy_pass = ProxyPass(adapter, 1, show_progress)
         self.adapter, self.labels_per_input, self.seed = adapter, labels_per_input, seed
         self.expectations: set[str] = set()

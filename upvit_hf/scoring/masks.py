@@ -44,8 +44,17 @@ def masked_layer_norm(x: torch.Tensor, mask: torch.Tensor, norm: nn.LayerNorm) -
     return y * m
 
 
+def broadcast_channels_first(mask: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    """`mask` [rows, w] shaped to multiply a convolution's `activation` [rows, w, *spatial]."""
+    return mask.view(*mask.shape, *([1] * (activation.dim() - 2))).to(activation.dtype)
+
+
 def _mask_output(mask: torch.Tensor):
     return lambda module, args, output: output * broadcast(mask, output)
+
+
+def _mask_conv_output(mask: torch.Tensor):
+    return lambda module, args, output: output * broadcast_channels_first(mask, output)
 
 
 def _mask_input(mask: torch.Tensor):
@@ -57,15 +66,18 @@ def _masked_norm(mask: torch.Tensor):
 
 
 @contextmanager
-def residual_masked(adapter: ModelAdapter, mask: torch.Tensor) -> Iterator[None]:
-    """Within the block, residual channels where `mask` [rows, hidden] is 0 are removed.
+def residual_masked(adapter: ModelAdapter, mask: torch.Tensor, stage: int = 0) -> Iterator[None]:
+    """Within the block, residual channels of `stage` where `mask` [rows, hidden] is 0 are removed.
 
-    The caller zeroes them in the embedding output (the stream's first writer) itself.
+    Convolutions (channels first, e.g. PVTv2's patch embeddings) are masked along axis 1, every other
+    writer along its last axis. The caller zeroes the channels in the stream where the stage begins
+    (the embedding output) itself.
     """
     with ExitStack() as stack:
-        for module in adapter.residual_writers():
-            stack.enter_context(module.register_forward_hook(_mask_output(mask)))
-        for norm in adapter.residual_norms():
+        for module in adapter.residual_writers(stage):
+            hook = _mask_conv_output(mask) if isinstance(module, nn.modules.conv._ConvNd) else _mask_output(mask)
+            stack.enter_context(module.register_forward_hook(hook))
+        for norm in adapter.residual_norms(stage):
             stack.enter_context(norm.register_forward_hook(_masked_norm(mask)))
         yield
 

@@ -79,6 +79,7 @@ def refine_scores(adapter: ModelAdapter, scores: ImportanceScores, pruned: Width
                   proxy: Iterable[Mapping[str, Any]], band: Band, variants_per_pass: int = 16,
                   show_progress: bool = True) -> ImportanceScores:
     """`scores` with the channels near each component's cut to `pruned` widths re-scored by exact KL."""
+    adapter.require_one_stage("refinement")
     original = adapter.widths
     scores.check_matches(original)
     bands = resolve_band(band)
