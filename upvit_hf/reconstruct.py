@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .adapters import ModelAdapter, RefitMap
-from .scoring.exact import eval_mode, prepare_inputs
+from .scoring.proxy_pass import eval_mode, prepare_inputs
 
 RIDGE = 1e-3
 """Default λ relative to the mean diagonal of XᵀX (weight features only)."""
