@@ -7,10 +7,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel
 
 from .adapters import AnyWidths, adapter_for, layer_widths
-from .depth import depth_floors, least_important_unit, remove_unit
+from .depth import depth_floors, least_important_unit, remove_unit, source_blocks
+from .reconstruct import reconstruct as reconstruct_maps
 from .record import RECORD_KEY, updated_record
 from .scores import BlockScores, ImportanceScores, model_identity
 from .scoring import (
@@ -140,7 +142,15 @@ class UPPruner:
         self.adapter.check_widths(widths)
         return widths
 
-    def prune(self, target: PruningTarget, scores: ImportanceScores, *, force: bool = False) -> PreTrainedModel:
+    def prune(
+        self,
+        target: PruningTarget,
+        scores: ImportanceScores,
+        *,
+        force: bool = False,
+        reconstruct: Iterable[Mapping[str, Any]] | None = None,
+        show_progress: bool = True,
+    ) -> PreTrainedModel:
         """A new model of the same class with the target widths; the original is untouched.
 
         Scores recording another model or other widths than this one are refused (ValueError) unless `force`.
@@ -148,6 +158,10 @@ class UPPruner:
         Keeps the top-scored residual and FFN channels, merges groups of heads and keeps the top
         `head_dim` dims of each group, folds the changed attention scale into the query rows, and
         rewrites the config (with the pruning record under `config.upvit_pruning`).
+
+        `reconstruct`, a proxy set (iterable of dict batches of model inputs), also refits the output maps of
+        every branch that lost channels by ridge least squares so that the pruned model reproduces the
+        original's branch outputs on it (`upvit_hf.reconstruct`); the record notes it and the proxy size.
         """
         adapter = self.adapter
         original = adapter.widths
@@ -171,7 +185,18 @@ class UPPruner:
         adapter.finish_surgery(state, config)
         step = {"operation": "width", "method": scores.meta.get("method"), "proxy_size": scores.meta.get("proxy_size")}
         setattr(config, RECORD_KEY, updated_record(self.model, original, pruned, step))
-        return self._build(config, state)
+        model = self._build(config, state)
+        if reconstruct is not None:
+            refit = []
+            for layer in range(original.num_hidden_layers):
+                old, new = layer_widths(original, layer), layer_widths(pruned, layer)
+                residual_cut = new.hidden_size < old.hidden_size
+                attention_cut = (new.num_attention_heads, new.head_dim) != (old.num_attention_heads, old.head_dim)
+                refit += [residual_cut or attention_cut, residual_cut or new.intermediate_size < old.intermediate_size]
+            report = reconstruct_maps(adapter, adapter_for(model), reconstruct, plan.residual, refit,
+                                      show_progress=show_progress)
+            getattr(model.config, RECORD_KEY)["steps"][-1]["reconstruction"] = report.record()
+        return model
 
     # ------------------------------------------------------------------ depth
     def score_blocks(
@@ -203,6 +228,7 @@ class UPPruner:
         *,
         variants_per_pass: int | str = 8,
         show_progress: bool = True,
+        reconstruct: bool = False,
         checkpoint: str | os.PathLike | None = None,
         **scale: Any,
     ) -> PreTrainedModel:
@@ -219,6 +245,10 @@ class UPPruner:
         `scale` options as in `score`; with `checkpoint=PATH` step k keeps its checkpoint at `PATH.stepK`, so
         a rerun recomputes finished steps from their checkpoints and resumes the interrupted one (a
         `between_steps` that changes the model makes the next steps' checkpoints refuse to resume).
+
+        `reconstruct=True` refits, after each removal and on the same proxy set, the output maps of every
+        branch after the removed unit so that, fed the reduced model's own residual stream, each reproduces
+        what it wrote in the model before the removal (`upvit_hf.reconstruct`).
         """
         self.adapter.check_scorable()
         original = self.adapter.widths
@@ -234,6 +264,7 @@ class UPPruner:
             return copy.deepcopy(self.model)
 
         removed: list[dict[str, Any]] = []
+        refit_maps = 0
         current = self
         for step in range(original.num_hidden_layers - total):
             if checkpoint is not None:
@@ -248,6 +279,16 @@ class UPPruner:
                            "proxy_size": scores.meta.get("proxy_size")}
             setattr(config, RECORD_KEY, updated_record(self.model, original, widths, record_step))
             model = current._build(config, state)
+            if reconstruct:
+                sources = [b for old_blocks in source_blocks(unit, current.adapter.widths.num_hidden_layers)
+                           for b in (2 * old_blocks[0], 2 * old_blocks[1] + 1)]
+                report = reconstruct_maps(current.adapter, adapter_for(model), proxy,
+                                          torch.arange(layer_widths(widths, 0).hidden_size),
+                                          [s != k for k, s in enumerate(sources)],
+                                          sources=sources, show_progress=show_progress)
+                refit_maps += len(report.fits)
+                getattr(model.config, RECORD_KEY)["steps"][-1]["reconstruction"] = {**report.record(),
+                                                                                     "refit_maps": refit_maps}
             if between_steps is not None:
                 between_steps(model, step)
             current = UPPruner(model)

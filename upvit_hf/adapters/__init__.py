@@ -11,7 +11,7 @@ import os
 
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .base import AnyWidths, ModelAdapter, ParamSlice, StagedWidths, Widths, from_stages, layer_stages, layer_widths
+from .base import AnyWidths, ModelAdapter, ParamSlice, RefitMap, StagedWidths, Widths, from_stages, layer_stages, layer_widths
 from .gpt2 import GPT2Adapter
 from .pvt_v2 import PvtV2Adapter
 from .transfo_xl import TransfoXLAdapter
@@ -69,6 +69,7 @@ __all__ = [
     "AnyWidths",
     "ModelAdapter",
     "ParamSlice",
+    "RefitMap",
     "StagedWidths",
     "Widths",
     "adapter_class_for_config",

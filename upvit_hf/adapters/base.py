@@ -112,6 +112,36 @@ class ParamSlice:
         return torch.cat([channels + offset for offset in self.offsets])
 
 
+@dataclass(frozen=True)
+class RefitMap:
+    """The linear map through which one residual branch writes into the residual stream (the attention output
+    projection or the second FFN projection). Reconstruction captures its input and refits its weight and bias.
+
+    `input_axis` is the axis of `module.weight` that indexes the map's inputs: 1 for `nn.Linear` ([out, in]),
+    0 for a transposed layout such as GPT-2's `Conv1D` ([in, out]).
+    """
+
+    module: nn.Module
+    input_axis: int = 1
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.module, "bias", None)
+
+    def matrix(self) -> torch.Tensor:
+        """The weight as [out, in]."""
+        weight = self.module.weight
+        return weight if self.input_axis == 1 else weight.t()
+
+    @torch.no_grad()
+    def assign(self, matrix: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Set the weight from an [out, in] matrix (and the bias, where the map has one), in place."""
+        weight = self.module.weight
+        weight.copy_((matrix if self.input_axis == 1 else matrix.t()).to(weight))
+        if bias is not None:
+            self.bias.copy_(bias.to(self.bias))
+
+
 def _mapped_classes(auto: type, config_class: type[PretrainedConfig]) -> tuple[type, ...]:
     """The model classes an Auto class maps `config_class` to (transformers' auto mappings; several where the
     Auto class picks among them by `config.architectures`)."""
@@ -383,6 +413,11 @@ class ModelAdapter(ABC):
     def repeat_context(self, context: Context, times: int) -> Context:
         """The context for `times` stacked copies of the batch (variants are stacked along the batch)."""
         return {k: v.repeat(times, *([1] * (v.dim() - 1))) if torch.is_tensor(v) else v for k, v in context.items()}
+
+    def refit_maps(self, layer: int) -> tuple[RefitMap, RefitMap]:
+        """The maps writing branches 2·layer (attention) and 2·layer+1 (FFN) into the residual stream, for
+        least-squares reconstruction (`upvit_hf.reconstruct`)."""
+        raise ValueError(f"{type(self).__name__} does not support reconstruction (no refit_maps)")
 
     # ------------------------------------------------------------------ masking taps
     @abstractmethod

@@ -29,7 +29,7 @@ from transformers import (
 )
 from transformers.masking_utils import create_causal_mask
 
-from .base import Branch, Context, ModelAdapter, ParamSlice, Widths
+from .base import Branch, Context, ModelAdapter, ParamSlice, RefitMap, Widths
 
 
 class GPT2Adapter(ModelAdapter):
@@ -213,6 +213,10 @@ class GPT2Adapter(ModelAdapter):
             return lambda h, ctx: h + layer.mlp(layer.ln_2(h))
 
         return [half for layer in self.layers for half in (attention_half(layer), ffn_half(layer))]
+
+    def refit_maps(self, layer: int) -> tuple[RefitMap, RefitMap]:
+        block = self.layers[layer]  # Conv1D weights are [in, out]
+        return RefitMap(block.attn.c_proj, input_axis=0), RefitMap(block.mlp.c_proj, input_axis=0)
 
     def readout(self, hidden: torch.Tensor, context: Context) -> torch.Tensor:
         model = self.model

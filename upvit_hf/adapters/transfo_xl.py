@@ -41,7 +41,7 @@ from transformers.utils import cached_file
 
 from ..models.transfo_xl import TransfoXLLMHeadModel, TransfoXLModel
 from ..models.transfo_xl.tokenization_transfo_xl import VOCAB_FILE, convert_vocab
-from .base import Branch, Context, ModelAdapter, ParamSlice, Widths
+from .base import Branch, Context, ModelAdapter, ParamSlice, RefitMap, Widths
 
 R_BIASES = ("r_w_bias", "r_r_bias")
 
@@ -223,6 +223,10 @@ class TransfoXLAdapter(ModelAdapter):
             return lambda h, ctx: backbone.run_feed_forward(index, h)
 
         return [half for i in range(len(self.layers)) for half in (attention_half(i), ffn_half(i))]
+
+    def refit_maps(self, layer: int) -> tuple[RefitMap, RefitMap]:
+        block = self.layers[layer]  # o_net has no bias: the attention refit has no bias compensation
+        return RefitMap(block.dec_attn.o_net), RefitMap(block.pos_ff.CoreNet[3])
 
     def readout(self, hidden: torch.Tensor, context: Context) -> torch.Tensor:
         """Log-probabilities of the full adaptive softmax (normalized logits)."""

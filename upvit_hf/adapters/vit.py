@@ -23,7 +23,7 @@ from transformers import (
     ViTModel,
 )
 
-from .base import Branch, Context, ModelAdapter, ParamSlice, Widths
+from .base import Branch, Context, ModelAdapter, ParamSlice, RefitMap, Widths
 
 
 class ViTAdapter(ModelAdapter):
@@ -127,6 +127,10 @@ class ViTAdapter(ModelAdapter):
             return lambda h, ctx: h + layer.dropout(layer.mlp(layer.layernorm_after(h)))
 
         return [half for layer in self.layers for half in (attention_half(layer), ffn_half(layer))]
+
+    def refit_maps(self, layer: int) -> tuple[RefitMap, RefitMap]:
+        block = self.layers[layer]
+        return RefitMap(block.attention.o_proj), RefitMap(block.mlp.fc2)
 
     def readout(self, hidden: torch.Tensor, context: Context) -> torch.Tensor:
         sequence = self.backbone.layernorm(hidden)
