@@ -74,38 +74,30 @@ def vision_task(seed: int, recon_images: int, saved: str | None = None) -> Task:
                                   labels=torch.tensor(splits.train["label"]))
     teacher = trained_teacher(lambda: ViTForImageClassification(vit_teacher_config(recipe)), saved, train_set,
                               recipe, seed)
-    width = recipe.hidden_size
     return Task(
         "vision", "accuracy", teacher, train_set,
         image_proxy(splits.train, splits.processor, size=recipe.proxy_size, seed=seed, num_channels=1),
         image_proxy(splits.train, splits.processor, size=recon_images, seed=seed + 1000, num_channels=1),
         lambda model: accuracy(model, splits),
-        {"mild": PruningTarget(hidden_size=width * 3 // 4, num_attention_heads=recipe.num_attention_heads,
-                               intermediate_size=recipe.intermediate_size * 3 // 4,
-                               head_dim=width // recipe.num_attention_heads * 3 // 4),
-         "merged": PruningTarget.from_ratio(teacher.config, recipe.width_ratio)},
+        {"mild": recipe.targets["mild"], "merged": recipe.targets["aggressive"]},  # the demo's targets
         recipe,
     )
 
 
 def language_task(seed: int, recon_sequences: int, test_tokens: int, saved: str | None = None) -> Task:
-    recipe = dataclasses.replace(language_recipe(), seed=seed)
+    recipe = language_recipe()
     data = load_treebank()
     test = data.test[:test_tokens]
     train_set = lm_blocks(data.train, recipe.block_size)
     teacher = trained_teacher(lambda: GPT2LMHeadModel(gpt2_teacher_config(recipe, data)), saved, train_set,
                               recipe, seed)
-    heads = recipe.n_head
     return Task(
         "language", "perplexity", teacher, train_set,
         text_proxy(data.train, size=recipe.proxy_sequences, seq_len=recipe.proxy_length, seed=seed,
                    batch_size=recipe.proxy_sequences),
         text_proxy(data.train, size=recon_sequences, seq_len=recipe.block_size, seed=seed + 1000, batch_size=32),
         lambda model: perplexity(model, test, recipe),
-        # GPT-2 ties head_dim to the hidden size: 3/4 of the width with every head kept
-        {"mild": PruningTarget(hidden_size=recipe.n_embd * 3 // 4 // heads * heads, num_attention_heads=heads,
-                               intermediate_size=recipe.n_inner * 3 // 4),
-         "merged": PruningTarget.from_ratio(teacher.config, recipe.width_ratio)},
+        {"mild": recipe.targets["mild"], "merged": recipe.targets["aggressive"]},  # the demo's targets
         recipe,
     )
 
