@@ -3,6 +3,7 @@ a file, and nothing that already exists is replaced unless the caller asked for 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -90,3 +91,9 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False, overwrite: 
         if os.path.lexists(tmp):
             _remove(tmp)
         raise
+
+
+def write_json(path: str | os.PathLike, payload: object, *, overwrite: bool = False) -> None:
+    """`payload` as indented JSON, written atomically under the same overwrite rule as every output."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        Path(tmp).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

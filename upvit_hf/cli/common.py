@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, PreTrainedModel
 
 from ..adapters import adapter_class_for_config, load_pretrained
-from ..atomic import atomic_path, check_output
+from ..atomic import check_output
 from ..evaluation.complexity import max_positions
 from ..evaluation.data import DEFAULT_TEXT_CONFIG, check_exists, load_split, model_channels, text_documents
 from ..model_io import load_processor
@@ -170,6 +168,3 @@ def target_from_arguments(args: argparse.Namespace, config) -> PruningTarget | N
     return PruningTarget(*widths, head_dim=args.head_dim)
 
 
-def write_json(path: str | os.PathLike, payload: dict, *, overwrite: bool = False) -> None:
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        Path(tmp).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

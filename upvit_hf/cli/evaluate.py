@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..atomic import write_json
 from ..evaluation import (
     evaluate_accuracy,
     evaluate_perplexity,
@@ -19,7 +20,6 @@ from .common import (
     modality,
     path_arg,
     positive_int,
-    write_json,
 )
 
 EXAMPLE = """examples:

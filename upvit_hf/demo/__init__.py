@@ -23,7 +23,7 @@ from transformers.utils import logging
 
 from .language import run_language
 from .recipe import check_recipe, language_recipe, vision_recipe
-from .report import markdown_report, write_figure, write_json, write_text
+from .report import markdown_report, write_figure, write_results, write_text
 from .system import default_threads, keep_freed_memory
 from .vision import run_vision
 
@@ -86,7 +86,7 @@ def run_demo(
     results["seconds"] = time.perf_counter() - start
 
     report = markdown_report(results)
-    write_json(results, out / "results.json")
+    write_results(results, out / "results.json")
     write_text(report, out / "results.md")
     write_figure(results, out / "figure.png")
     logger.info("demo finished in %.0fs; results in %s", results["seconds"], out)

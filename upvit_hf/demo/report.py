@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, write_json
 from .methods import REFERENCE, SCRATCH, method_labels
 
 COLOURS = {"kl": "#d62728", "magnitude": "#7f7f7f", "random": "#2ca02c", SCRATCH: "#1f77b4"}
@@ -148,9 +147,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_json(results: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(results), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def write_results(results: dict[str, Any], path: Path) -> None:
+    """results.json: non-finite numbers become null (JSON has no NaN)."""
+    write_json(path, _finite(results))
 
 
 def write_text(text: str, path: Path) -> None:

@@ -36,7 +36,7 @@ import torch
 
 from ..adapters import ModelAdapter
 from ..scores import ImportanceScores
-from .exact import ProxyPass
+from .proxy_pass import ProxyPass
 from .masks import broadcast, channels_masked
 
 DEFAULT_LABELS_PER_INPUT = 4
