@@ -63,13 +63,19 @@ def runs(checkpoint: Path | None = None) -> dict[str, torch.Tensor]:
 
 
 def _ddp_worker(out: Path) -> None:
-    from upvit_hf.cli import main
-
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")
     rank = torch.distributed.get_rank()
     torch.save(runs(out / "vit64.ckpt"), out / f"rank{rank}.pt")
-    torch.distributed.destroy_process_group()  # `upvit score` joins the group itself, as under torchrun -m
+    torch.distributed.destroy_process_group()
+
+
+def _cli_worker(out: Path) -> None:
+    """`upvit score` joins the group itself, as under `torchrun -m upvit_hf.cli`. Its own launch: a second gloo
+    group in the same processes can read the first group's stale addresses from the store and fail to connect."""
+    from upvit_hf.cli import main
+
+    torch.set_num_threads(1)
     main(["score", "--model", str(out / "model"), "--dataset", str(out / "data"), "--proxy-size", "10",
           "--batch-size", "3", "--output", str(out / "cli.safetensors")])
     assert not torch.distributed.is_initialized()
@@ -101,10 +107,11 @@ def test_two_processes_score_like_one(tmp_path):
     from upvit_hf.cli import main
 
     cli_assets(tmp_path)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(Path(__file__).resolve()), "--ddp-worker", str(tmp_path)]
-    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for worker in ("--ddp-worker", "--cli-worker"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), str(Path(__file__).resolve()), worker, str(tmp_path)]
+        result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     single = runs()
     for rank in range(2):
@@ -175,7 +182,10 @@ def test_a_killed_run_resumes_to_the_uninterrupted_scores(tmp_path):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--ddp-worker":
         _ddp_worker(Path(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--cli-worker":
+        _cli_worker(Path(sys.argv[2]))
     elif len(sys.argv) == 3 and sys.argv[1] == "--kill-worker":
         _kill_worker(Path(sys.argv[2]))
     else:
-        sys.exit(f"usage: torchrun --nproc_per_node 2 {sys.argv[0]} --ddp-worker DIR | {sys.argv[0]} --kill-worker DIR")
+        sys.exit(f"usage: torchrun --nproc_per_node 2 {sys.argv[0]} --ddp-worker|--cli-worker DIR | "
+                 f"{sys.argv[0]} --kill-worker DIR")
