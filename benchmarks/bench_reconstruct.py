@@ -3,16 +3,17 @@
 Trains the demo's teachers (the digits ViT and the Penn Treebank GPT-2, `upvit_hf.demo`), scores their
 channels with each criterion, and cuts each to two targets:
 
-* mild: every width at 3/4, heads kept (no merging);
-* merged: the demo's target (`from_ratio(0.5)`: half the width, pairs of heads merged).
+* mild: the demo's mild target, every width at 3/4, heads kept (no merging);
+* merged: the demo's aggressive target, half of every width, pairs of heads merged.
 
 For each (target, criterion) it measures the pruned model without and with `reconstruct=` (refit on a proxy
-set of training samples), then distils both for 50 and 150 steps with the demo's student recipe, and reports
-the reconstruction time. Accuracy on the digits test split; perplexity on a prefix of the PTB test split.
-Prints a markdown table and one JSON line.
+set of training samples), then distils both for 50 and 150 steps with the demo's student recipe (optionally at
+another `--learning-rate`; the teacher itself too, as a reference), and reports the reconstruction time.
+Accuracy on the digits test split; perplexity on a prefix of the PTB test split.
+Prints a markdown table per run, one of seed means, and one JSON line.
 
-    python benchmarks/bench_reconstruct.py                 # both tasks, ~6 minutes on 2 cores
-    python benchmarks/bench_reconstruct.py --task vision --seeds 0 1 2
+    python benchmarks/bench_reconstruct.py                 # both tasks, ~30 minutes a seed on 2 cores
+    python benchmarks/bench_reconstruct.py --task vision --seeds 0 1 2 --steps   # before fine-tuning: seconds
 """
 
 from __future__ import annotations
@@ -102,15 +103,30 @@ def language_task(seed: int, recon_sequences: int, test_tokens: int, saved: str 
     )
 
 
-def run_task(task: Task, seed: int, steps: tuple[int, ...], criteria: list[str] = CRITERIA) -> list[dict[str, Any]]:
+def distilled(model: PreTrainedModel, task: Task, steps: int, seed: int,
+              learning_rate: float | None) -> PreTrainedModel:
+    """A copy of `model` distilled from the teacher with the demo's student recipe for `steps` steps."""
+    student = copy.deepcopy(model)
+    recipe = dataclasses.replace(task.recipe.student, steps=steps,
+                                 learning_rate=learning_rate or task.recipe.student.learning_rate)
+    train(student, task.train_set, recipe, seed, teacher=task.teacher, alpha=task.recipe.alpha,
+          temperature=task.recipe.temperature)
+    return student
+
+
+def run_task(task: Task, seed: int, steps: tuple[int, ...], criteria: list[str] = CRITERIA,
+             learning_rate: float | None = None) -> list[dict[str, Any]]:
     pruner = UPPruner(task.teacher)
     teacher_metric = task.evaluate(task.teacher)
+    # the recipe applied to the teacher itself: what distillation does to a start that is already optimal
+    reference = {f"teacher_distil{total}": task.evaluate(distilled(task.teacher, task, total, seed, learning_rate))
+                 for total in steps}
     rows = []
     for method in criteria:
         scores = pruner.score(task.score_proxy, method=method, seed=seed, show_progress=False)
         for target_name, target in task.targets.items():
             row: dict[str, Any] = {"task": task.name, "seed": seed, "target": target_name, "criterion": method,
-                                   "teacher": teacher_metric}
+                                   "teacher": teacher_metric, **reference}
             start = time.perf_counter()
             rebuilt = pruner.prune(target, scores, reconstruct=task.recon_proxy, show_progress=False)
             row["recon_seconds"] = time.perf_counter() - start
@@ -119,12 +135,8 @@ def run_task(task: Task, seed: int, steps: tuple[int, ...], criteria: list[str] 
                 row[name] = task.evaluate(model)
             logging.get_logger("bench").warning(json.dumps(row))  # before fine-tuning, as soon as known
             for name, model in (("pruned", plain), ("recon", rebuilt)):
-                for total in steps:  # each budget is its own run (its schedule decays over `total` steps)
-                    student = copy.deepcopy(model)
-                    recipe = dataclasses.replace(task.recipe.student, steps=total)
-                    train(student, task.train_set, recipe, seed, teacher=task.teacher,
-                          alpha=task.recipe.alpha, temperature=task.recipe.temperature)
-                    row[f"{name}_distil{total}"] = task.evaluate(student)
+                for total in steps:  # each budget is its own run
+                    row[f"{name}_distil{total}"] = task.evaluate(distilled(model, task, total, seed, learning_rate))
             rows.append(row)
             logging.get_logger("bench").warning(json.dumps(row))
     return rows
@@ -162,6 +174,33 @@ def recovered(row: dict[str, Any], higher_is_better: bool) -> float:
     return (f(row["recon"]) - f(row["pruned"])) / drop if drop else float("nan")
 
 
+def summary(rows: list[dict[str, Any]], steps: tuple[int, ...]) -> str:
+    """Markdown: per (task, target, criterion) the seed means without → with reconstruction, before and after
+    each distillation budget, on how many seeds reconstruction was better, and the teacher distilled alike."""
+    import statistics
+
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["target"], row["criterion"]), []).append(row)
+    stages = ["", *[f"_distil{total}" for total in steps]]
+    lines = ["| task | target | criterion | seeds | " + " | ".join(
+        ["before fine-tuning", *[f"after {total} steps" for total in steps]]) + " |", "|" + "---|" * (4 + len(stages))]
+    for (task, target, criterion), group in groups.items():
+        vision = task == "vision"
+        cells = []
+        for stage in stages:
+            plain = [r["pruned" + stage] for r in group]
+            recon = [r["recon" + stage] for r in group]
+            better = sum((b > a) if vision else (b < a) for a, b in zip(plain, recon))
+            number = "{:.3f}" if vision else "{:.1f}"
+            teacher = statistics.mean(r["teacher" + stage] for r in group) if stage else None
+            reference = f"; teacher {number.format(teacher)}" if stage else ""
+            cells.append(f"{number.format(statistics.mean(plain))} → {number.format(statistics.mean(recon))} "
+                         f"({better}/{len(group)}{reference})")
+        lines.append(f"| {task} | {target} | {criterion} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("vision", "language", "both"), default="both")
@@ -172,6 +211,8 @@ def main() -> None:
     parser.add_argument("--test-tokens", type=int, default=20000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--criteria", nargs="+", choices=CRITERIA, default=CRITERIA)
+    parser.add_argument("--learning-rate", type=float,
+                        help="distillation learning rate (default: the demo's student recipe, for both starts)")
     parser.add_argument("--map-errors", action="store_true",
                         help="only print each refit map's relative error before/after (KL scores; incl. heads-only merge)")
     parser.add_argument("--vision-teacher", help="reuse the digits ViT `upvit demo` saved (vision/teacher-vit-digits)")
@@ -191,10 +232,10 @@ def main() -> None:
     for seed in args.seeds:
         if args.task in ("vision", "both"):
             rows += run_task(vision_task(seed, args.recon_images, args.vision_teacher), seed, tuple(args.steps),
-                             args.criteria)
+                             args.criteria, args.learning_rate)
         if args.task in ("language", "both"):
             rows += run_task(language_task(seed, args.recon_sequences, args.test_tokens, args.language_teacher),
-                             seed, tuple(args.steps), args.criteria)
+                             seed, tuple(args.steps), args.criteria, args.learning_rate)
 
     columns = ["pruned", "recon"] + [f"{n}_distil{s}" for s in args.steps for n in ("pruned", "recon")]
     print("| task | seed | target | criterion | teacher | " + " | ".join(columns) + " | recovered | recon s |")
@@ -204,6 +245,9 @@ def main() -> None:
         cells = [f"{row[c]:.3f}" if good else f"{row[c]:.1f}" for c in ["teacher", *columns]]
         print(f"| {row['task']} | {row['seed']} | {row['target']} | {row['criterion']} | " + " | ".join(cells)
               + f" | {recovered(row, good):.2f} | {row['recon_seconds']:.2f} |")
+    print("\nSeed means, without → with reconstruction (seeds on which reconstruction is better; the teacher "
+          "itself after the same distillation):\n")
+    print(summary(rows, tuple(args.steps)))
     print(json.dumps({"benchmark": "reconstruct", "args": vars(args), "rows": rows}))
 
 

@@ -23,8 +23,9 @@ from tiny import gpt2_config, image_batches, randomize, token_batches, vit_confi
 from transformers import AutoModelForImageClassification, GPT2LMHeadModel, ViTForImageClassification
 
 from upvit_hf import ImportanceScores, PruningTarget, UPPruner
-from upvit_hf.adapters import adapter_for
+from upvit_hf.adapters import NormRefit, adapter_for
 from upvit_hf.models.transfo_xl import TransfoXLLMHeadModel
+import upvit_hf.reconstruct as reconstruct_module
 from upvit_hf.reconstruct import RIDGE, NormalEquations
 from upvit_hf.record import RECORD_KEY
 
@@ -73,38 +74,40 @@ def run(model, batch):
         return model(**inputs_of(batch))
 
 
-def map_io(model, batches, maps):
-    """Per map: (inputs [rows, in], outputs [rows, out]) over the proxy set, padding rows dropped."""
-    store = {i: ([], []) for i in range(len(maps))}
-
-    def keep(i):
-        def hook(module, args, out):
-            store[i][0].append(args[0].detach())
-            store[i][1].append(out.detach())
-        return hook
-
-    handles = [m.module.register_forward_hook(keep(i)) for i, m in enumerate(maps)]
+def rows_of(model, batches, reads, writes):
+    """(inputs of `reads`, outputs of `writes`) over the proxy set as float64 rows, padding rows dropped."""
+    xs, ys = [], []
+    handles = [reads.register_forward_pre_hook(lambda _, args: xs.append(args[0])),
+               writes.register_forward_hook(lambda _, args, out: ys.append(out))]
     try:
         for batch in batches:
             run(model, batch)
     finally:
         for h in handles:
             h.remove()
-    out = []
-    for i in range(len(maps)):
-        rows = []
-        for j, batch in enumerate(batches):
-            mask = batch.get("attention_mask")
-            x, y = store[i][0][j], store[i][1][j]
-            keep = mask.bool() if mask is not None else torch.ones(x.shape[:-1], dtype=torch.bool)
-            rows.append((x[keep], y[keep]))
-        out.append((torch.cat([r[0] for r in rows]).double(), torch.cat([r[1] for r in rows]).double()))
-    return out
+    rows = []
+    for x, y, batch in zip(xs, ys, batches):
+        mask = batch.get("attention_mask")
+        keep = mask.bool() if mask is not None and mask.shape == x.shape[:-1] else torch.ones(x.shape[:-1], dtype=bool)
+        rows.append((x[keep], y[keep]))
+    return torch.cat([r[0] for r in rows]).double(), torch.cat([r[1] for r in rows]).double()
+
+
+def map_io(model, batches, maps):
+    """Per map: (inputs [rows, in], outputs [rows, out]) over the proxy set, padding rows dropped."""
+    return [rows_of(model, batches, m.module, m.module) for m in maps]
 
 
 def all_maps(model):
     adapter = adapter_for(model)
     return [m for layer in range(adapter.widths.num_hidden_layers) for m in adapter.refit_maps(layer)]
+
+
+def readout_parameters(model) -> list[torch.Tensor]:
+    """The parameters readout reconstruction may change: a head's, or a final norm's refit through a tied head."""
+    maps = adapter_for(model).readout_maps()
+    return [p for m in maps for p in ((m.norm.weight, m.norm.bias) if isinstance(m, NormRefit)
+                                      else (m.module.weight, m.bias)) if p is not None]
 
 
 def kept_residual(scores, hidden):
@@ -129,8 +132,8 @@ def test_block_whose_pruning_removed_nothing_keeps_its_weights(family):
             assert torch.equal(attn_p.bias, attn_r.bias)
         assert not torch.equal(ffn_p.module.weight, ffn_r.module.weight)  # the cut FFN was refit
     plain_state, rebuilt_state = plain.state_dict(), rebuilt.state_dict()
-    refit_names = {n for n, p in rebuilt.named_parameters() if any(p is m.module.weight or p is m.bias
-                                                                     for m in all_maps(rebuilt)[1::2])}
+    refit = [p for m in all_maps(rebuilt)[1::2] for p in (m.module.weight, m.bias)] + readout_parameters(rebuilt)
+    refit_names = {n for n, p in rebuilt.named_parameters() if any(p is q for q in refit)}
     for name, tensor in plain_state.items():
         if name not in refit_names:
             assert torch.equal(tensor, rebuilt_state[name]), name
@@ -150,7 +153,10 @@ def closed_form_ridge(x, y, w0, b0, ridge):
     return coef[:-1].T, coef[-1]
 
 
-def test_normal_equations_over_batches_equal_the_closed_form():
+@pytest.mark.parametrize("chunk", [None, 5])  # 5: one row converted to float64 at a time
+def test_normal_equations_over_batches_equal_the_closed_form(chunk, monkeypatch):
+    if chunk is not None:
+        monkeypatch.setattr(reconstruct_module, "CHUNK", chunk)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(50, 7, generator=g, dtype=torch.float64) @ torch.randn(7, 7, generator=g, dtype=torch.float64)
     y = torch.randn(50, 3, generator=g, dtype=torch.float64)
@@ -229,13 +235,84 @@ def test_each_refit_map_has_no_larger_error_on_the_proxy_set(family):
     assert improved >= len(inputs) // 2  # not a no-op
 
 
+def test_classifier_refit_is_the_closed_form_ridge_solution():
+    """The ViT classifier is refit last, on the features the reconstructed model gives it, to the original's logits."""
+    model, batches = vit_case()
+    scores, target = random_scores(model), MERGED["vit"]
+    pruner = UPPruner(model)
+    plain = pruner.prune(target, scores)
+    rebuilt = pruner.prune(target, scores, reconstruct=batches, show_progress=False)
+    x, _ = rows_of(rebuilt, batches, rebuilt.classifier, rebuilt.classifier)
+    _, y = rows_of(model, batches, model.classifier, model.classifier)
+    w, b = closed_form_ridge(x, y, plain.classifier.weight.detach(), plain.classifier.bias.detach(), RIDGE)
+    np.testing.assert_allclose(rebuilt.classifier.weight.detach().double().numpy(), w, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rebuilt.classifier.bias.detach().double().numpy(), b, rtol=1e-4, atol=1e-4)
+
+
+def test_tied_lm_head_stays_and_ln_f_is_refit_through_it(monkeypatch):
+    """GPT-2's LM head is the input embedding: it must not change. ln_f's scale γ and shift β are refit instead,
+    to the original's logits centred over the vocabulary; the reference writes out one row per (token, word)
+    with features [H_c[v] ⊙ n_t, H_c[v]] and solves the ridge problem (penalty on γ only) with numpy."""
+    monkeypatch.setattr(reconstruct_module, "CHUNK", 50)  # the logits go in slices of two rows
+    model, batches = gpt2_case()
+    scores, target = random_scores(model), MERGED["gpt2"]
+    pruner = UPPruner(model)
+    plain = pruner.prune(target, scores)
+    rebuilt = pruner.prune(target, scores, reconstruct=batches, show_progress=False)
+    assert rebuilt.lm_head.weight is rebuilt.transformer.wte.weight
+    assert torch.equal(rebuilt.transformer.wte.weight, plain.transformer.wte.weight)
+
+    x, _ = rows_of(rebuilt, batches, rebuilt.transformer.ln_f, rebuilt.lm_head)
+    _, y = rows_of(model, batches, model.lm_head, model.lm_head)
+    x, y = x.numpy(), y.numpy()
+    eps = rebuilt.config.layer_norm_epsilon
+    n = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + eps)
+    head = plain.lm_head.weight.detach().double().numpy()
+    centred = head - head.mean(0)
+    rows, vocab, width = len(n), *head.shape
+    design = np.concatenate([(centred[None] * n[:, None]).reshape(rows * vocab, width),
+                             np.tile(centred, (rows, 1))], 1)
+    goal = (y - y.mean(1, keepdims=True)).reshape(-1)
+    lam = RIDGE * np.mean(np.sum(design[:, :width] ** 2, axis=0))
+    penalty = np.diag(np.r_[np.full(width, lam), np.zeros(width)])
+    prior = np.concatenate([p.detach().double().numpy() for p in (plain.transformer.ln_f.weight,
+                                                                   plain.transformer.ln_f.bias)])
+    coef = np.linalg.solve(design.T @ design + penalty, design.T @ goal + penalty @ prior)
+    ln_f = rebuilt.transformer.ln_f
+    np.testing.assert_allclose(ln_f.weight.detach().double().numpy(), coef[:width], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ln_f.bias.detach().double().numpy(), coef[width:], rtol=1e-4, atol=1e-4)
+
+    def error(gamma, beta):  # squared error of the centred logits
+        return float(((design @ np.r_[gamma, beta] - goal) ** 2).sum())
+
+    before = error(prior[:width], prior[width:])
+    after = error(ln_f.weight.detach().double().numpy(), ln_f.bias.detach().double().numpy())
+    assert after < 0.99 * before, (before, after)
+
+
+def test_untied_lm_head_is_refit_itself():
+    """Without tying, the LM head is an ordinary map: it is refit (closed form as for any map) and ln_f is not."""
+    config = gpt2_config(n_embd=12, n_head=4, n_inner=16, tie_word_embeddings=False)
+    model = randomize(GPT2LMHeadModel(config), std=0.2)
+    batches = token_batches(config, lengths=((6, 4, 5), (6, 6), (3, 6)))
+    scores, target = random_scores(model), MERGED["gpt2"]
+    plain = UPPruner(model).prune(target, scores)
+    rebuilt = UPPruner(model).prune(target, scores, reconstruct=batches, show_progress=False)
+    assert torch.equal(rebuilt.transformer.wte.weight, plain.transformer.wte.weight)
+    assert torch.equal(rebuilt.transformer.ln_f.weight, plain.transformer.ln_f.weight)
+    x, _ = rows_of(rebuilt, batches, rebuilt.lm_head, rebuilt.lm_head)
+    _, y = rows_of(model, batches, model.lm_head, model.lm_head)
+    w, _ = closed_form_ridge(x, y, plain.lm_head.weight.detach(), None, RIDGE)
+    np.testing.assert_allclose(rebuilt.lm_head.weight.detach().double().numpy(), w, rtol=1e-4, atol=1e-4)
+
+
 def test_reconstruction_is_recorded():
     model, batches = vit_case()
     rebuilt = UPPruner(model).prune(MERGED["vit"], random_scores(model), reconstruct=iter(batches),
                                     show_progress=False)
     step = getattr(rebuilt.config, RECORD_KEY)["steps"][-1]
     assert step["reconstruction"]["proxy_size"] == 8 + 8 + 6
-    assert step["reconstruction"]["refit_maps"] == 2 * 2
+    assert step["reconstruction"]["refit_maps"] == 2 * 2 + 1  # two per layer, and the classifier
     assert step["reconstruction"]["ridge"] == RIDGE
 
 
@@ -329,4 +406,4 @@ def test_depth_pruning_refits_the_branches_after_the_removed_unit(family):
         assert error(fitted) <= error(start) * (1 + 1e-6)
         assert not torch.equal(start.module.weight, fitted.module.weight)
     step = rebuilt.config.upvit_pruning["steps"][-1]
-    assert step["reconstruction"]["refit_maps"] == 2 * layers - 2 - first
+    assert step["reconstruction"]["refit_maps"] == 2 * layers - 2 - first + len(adapter_for(model).readout_maps())

@@ -160,8 +160,9 @@ class UPPruner:
         rewrites the config (with the pruning record under `config.upvit_pruning`).
 
         `reconstruct`, a proxy set (iterable of dict batches of model inputs), also refits the output maps of
-        every branch that lost channels by ridge least squares so that the pruned model reproduces the
-        original's branch outputs on it (`upvit_hf.reconstruct`); the record notes it and the proxy size.
+        every branch that lost channels, then the readout, by ridge least squares so that the pruned model
+        reproduces the original's branch outputs and logits on it (`upvit_hf.reconstruct`); the record notes it
+        and the proxy size.
         """
         adapter = self.adapter
         original = adapter.widths
@@ -247,8 +248,8 @@ class UPPruner:
         `between_steps` that changes the model makes the next steps' checkpoints refuse to resume).
 
         `reconstruct=True` refits, after each removal and on the same proxy set, the output maps of every
-        branch after the removed unit so that, fed the reduced model's own residual stream, each reproduces
-        what it wrote in the model before the removal (`upvit_hf.reconstruct`).
+        branch after the removed unit and the readout so that, fed the reduced model's own residual stream, each
+        reproduces what it wrote in the model before the removal (`upvit_hf.reconstruct`).
         """
         self.adapter.check_scorable()
         original = self.adapter.widths

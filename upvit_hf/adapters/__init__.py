@@ -11,7 +11,18 @@ import os
 
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .base import AnyWidths, ModelAdapter, ParamSlice, RefitMap, StagedWidths, Widths, from_stages, layer_stages, layer_widths
+from .base import (
+    AnyWidths,
+    ModelAdapter,
+    NormRefit,
+    ParamSlice,
+    RefitMap,
+    StagedWidths,
+    Widths,
+    from_stages,
+    layer_stages,
+    layer_widths,
+)
 from .gpt2 import GPT2Adapter
 from .pvt_v2 import PvtV2Adapter
 from .transfo_xl import TransfoXLAdapter
@@ -68,6 +79,7 @@ __all__ = [
     "REGISTRY",
     "AnyWidths",
     "ModelAdapter",
+    "NormRefit",
     "ParamSlice",
     "RefitMap",
     "StagedWidths",

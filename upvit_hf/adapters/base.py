@@ -114,8 +114,9 @@ class ParamSlice:
 
 @dataclass(frozen=True)
 class RefitMap:
-    """The linear map through which one residual branch writes into the residual stream (the attention output
-    projection or the second FFN projection). Reconstruction captures its input and refits its weight and bias.
+    """A linear map whose weight and bias reconstruction refits: one through which a residual branch writes into
+    the residual stream (the attention output projection, the second FFN projection), or a classifier head.
+    Reconstruction captures its input and fits it to the original's output of the same map.
 
     `input_axis` is the axis of `module.weight` that indexes the map's inputs: 1 for `nn.Linear` ([out, in]),
     0 for a transposed layout such as GPT-2's `Conv1D` ([in, out]).
@@ -123,6 +124,16 @@ class RefitMap:
 
     module: nn.Module
     input_axis: int = 1
+
+    @property
+    def reads(self) -> nn.Module:
+        """The module whose input is the fit's input."""
+        return self.module
+
+    @property
+    def writes(self) -> nn.Module:
+        """The module whose output (in the original model) is the fit's target."""
+        return self.module
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -140,6 +151,26 @@ class RefitMap:
         weight.copy_((matrix if self.input_axis == 1 else matrix.t()).to(weight))
         if bias is not None:
             self.bias.copy_(bias.to(self.bias))
+
+
+@dataclass(frozen=True)
+class NormRefit:
+    """A final LayerNorm whose per-channel scale and shift reconstruction refits through the frozen linear head
+    that reads it: for a head that must not change, such as an LM head tied to the input embedding.
+
+    The fit matches the head's logits up to a constant per position (the softmax does not see it).
+    """
+
+    norm: nn.LayerNorm
+    head: nn.Linear
+
+    @property
+    def reads(self) -> nn.Module:
+        return self.norm
+
+    @property
+    def writes(self) -> nn.Module:
+        return self.head
 
 
 def _mapped_classes(auto: type, config_class: type[PretrainedConfig]) -> tuple[type, ...]:
@@ -418,6 +449,11 @@ class ModelAdapter(ABC):
         """The maps writing branches 2·layer (attention) and 2·layer+1 (FFN) into the residual stream, for
         least-squares reconstruction (`upvit_hf.reconstruct`)."""
         raise ValueError(f"{type(self).__name__} does not support reconstruction (no refit_maps)")
+
+    def readout_maps(self) -> list[RefitMap | NormRefit]:
+        """What reconstruction refits last so that the readout matches the original's outputs (each map's own
+        output: a head's logits), one entry per head `readout` uses; none by default."""
+        return []
 
     # ------------------------------------------------------------------ masking taps
     @abstractmethod

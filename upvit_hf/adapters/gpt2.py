@@ -29,7 +29,7 @@ from transformers import (
 )
 from transformers.masking_utils import create_causal_mask
 
-from .base import Branch, Context, ModelAdapter, ParamSlice, RefitMap, Widths
+from .base import Branch, Context, ModelAdapter, NormRefit, ParamSlice, RefitMap, Widths
 
 
 class GPT2Adapter(ModelAdapter):
@@ -217,6 +217,15 @@ class GPT2Adapter(ModelAdapter):
     def refit_maps(self, layer: int) -> tuple[RefitMap, RefitMap]:
         block = self.layers[layer]  # Conv1D weights are [in, out]
         return RefitMap(block.attn.c_proj, input_axis=0), RefitMap(block.mlp.c_proj, input_axis=0)
+
+    def readout_maps(self) -> list[RefitMap | NormRefit]:
+        model = self.model
+        if isinstance(model, GPT2ForSequenceClassification):
+            return [RefitMap(model.score)]
+        if isinstance(model, (GPT2LMHeadModel, GPT2DoubleHeadsModel)):
+            head = model.lm_head  # stock GPT-2 ties it to the input embedding: then ln_f is refit through it
+            return [NormRefit(self.backbone.ln_f, head) if head.weight is self.backbone.wte.weight else RefitMap(head)]
+        return []
 
     def readout(self, hidden: torch.Tensor, context: Context) -> torch.Tensor:
         model = self.model

@@ -225,7 +225,9 @@ class TransfoXLAdapter(ModelAdapter):
         return [half for i in range(len(self.layers)) for half in (attention_half(i), ffn_half(i))]
 
     def refit_maps(self, layer: int) -> tuple[RefitMap, RefitMap]:
-        block = self.layers[layer]  # o_net has no bias: the attention refit has no bias compensation
+        # o_net has no bias: the attention refit has no bias compensation. No `readout_maps`: the adaptive
+        # softmax shares its weights with the embedding and its logits are no single linear head over a norm.
+        block = self.layers[layer]
         return RefitMap(block.dec_attn.o_net), RefitMap(block.pos_ff.CoreNet[3])
 
     def readout(self, hidden: torch.Tensor, context: Context) -> torch.Tensor:

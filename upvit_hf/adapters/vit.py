@@ -23,7 +23,7 @@ from transformers import (
     ViTModel,
 )
 
-from .base import Branch, Context, ModelAdapter, ParamSlice, RefitMap, Widths
+from .base import Branch, Context, ModelAdapter, NormRefit, ParamSlice, RefitMap, Widths
 
 
 class ViTAdapter(ModelAdapter):
@@ -131,6 +131,13 @@ class ViTAdapter(ModelAdapter):
     def refit_maps(self, layer: int) -> tuple[RefitMap, RefitMap]:
         block = self.layers[layer]
         return RefitMap(block.attention.o_proj), RefitMap(block.mlp.fc2)
+
+    def readout_maps(self) -> list[RefitMap | NormRefit]:
+        model = self.model
+        if isinstance(model, DeiTForImageClassificationWithTeacher):
+            return [RefitMap(model.cls_classifier), RefitMap(model.distillation_classifier)]
+        head = getattr(model, "classifier", None)
+        return [RefitMap(head)] if isinstance(head, nn.Linear) else []  # nn.Identity without labels
 
     def readout(self, hidden: torch.Tensor, context: Context) -> torch.Tensor:
         sequence = self.backbone.layernorm(hidden)

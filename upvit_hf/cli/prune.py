@@ -55,8 +55,8 @@ def register(subparsers) -> None:
                              "(approximate scores from --scores or --method; needs --dataset)")
     parser.add_argument("--reconstruct", action="store_true",
                         help="after each cut (width, and every removed block with --num-layers), refit the output "
-                             "projections of the affected blocks by least squares on the proxy set (seconds; "
-                             "better quality before fine-tuning)")
+                             "projections of the affected blocks, then the head (or, tied to the embedding, the final "
+                             "norm), by least squares on the proxy set (seconds; better quality before fine-tuning)")
     add_target_arguments(parser)
     add_proxy_arguments(parser)
     add_scale_arguments(parser)
