@@ -224,12 +224,11 @@ def _capture(module: torch.nn.Module, store: dict[str, torch.Tensor], output: bo
         yield
 
 
-def _row_weights(adapter: ModelAdapter, inputs: Mapping[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor | None:
-    """Per-position weights of the regression rows (0 at padding), or None where every position counts."""
+def _row_weights(adapter: ModelAdapter, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """Per-position weights of the regression rows (0 at padding), or None where every position counts
+    (`LeastSquares.add` uses them where a map sees one row per position)."""
     weights = adapter.token_weights(inputs)
-    if weights is None:
-        weights = inputs.get("attention_mask")
-    return None if weights is None or weights.numel() != hidden.shape[:-1].numel() else weights
+    return inputs.get("attention_mask") if weights is None else weights
 
 
 @dataclass
@@ -297,7 +296,7 @@ def reconstruct(
             inputs_o, inputs_p = prepare_inputs(batch, original), prepare_inputs(batch, pruned)
             hidden_o, context_o = original.embed(inputs_o)
             hidden_p, context_p = pruned.embed(inputs_p)
-            streams.append(_Stream(hidden_o, context_o, hidden_p, context_p, _row_weights(pruned, inputs_p, hidden_p)))
+            streams.append(_Stream(hidden_o, context_o, hidden_p, context_p, _row_weights(pruned, inputs_p)))
             samples += len(hidden_p)
         if not streams:
             raise ValueError("the reconstruction proxy set is empty: pass at least one batch of model inputs")
