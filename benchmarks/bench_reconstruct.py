@@ -193,8 +193,9 @@ def summary(rows: list[dict[str, Any]], steps: tuple[int, ...]) -> str:
             recon = [r["recon" + stage] for r in group]
             better = sum((b > a) if vision else (b < a) for a, b in zip(plain, recon))
             number = "{:.3f}" if vision else "{:.1f}"
-            teacher = statistics.mean(r["teacher" + stage] for r in group) if stage else None
-            reference = f"; teacher {number.format(teacher)}" if stage else ""
+            reference = ""
+            if stage:
+                reference = f"; teacher {number.format(statistics.mean(r['teacher' + stage] for r in group))}"
             cells.append(f"{number.format(statistics.mean(plain))} → {number.format(statistics.mean(recon))} "
                          f"({better}/{len(group)}{reference})")
         lines.append(f"| {task} | {target} | {criterion} | {len(group)} | " + " | ".join(cells) + " |")
